@@ -1,0 +1,95 @@
+"""Atomic file output and validated image input.
+
+Every output of the pipeline is written to a temporary sibling and renamed into place, so an interrupted
+job never leaves a half-written file that a rerun would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from cellresdm.errors import ImageError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error remove it.
+
+    ``suffix`` keeps the extension for writers that infer the format from it (defaults to the target's).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_parquet(df, path: str | os.PathLike) -> None:
+    """Write a pandas DataFrame to parquet atomically."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str | None = "lzw") -> None:
+    """Write ``array`` as a TIFF (LZW by default, as in the gallery) atomically."""
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, compression=compression)
+
+
+def read_tiff(
+    path: str | os.PathLike,
+    shape: tuple[int, ...] | None = None,
+    dtype: np.dtype | type | None = None,
+    ndim: int | None = None,
+) -> np.ndarray:
+    """Read a TIFF fully and check it; raise :class:`ImageError` naming the file on any problem.
+
+    Args:
+        path: the TIFF file.
+        shape: expected shape, if known.
+        dtype: expected dtype, if known.
+        ndim: expected number of dimensions, if the shape is not known.
+
+    Returns:
+        The image array (all strips decoded, so a truncated file fails here, not later).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: image file is missing")
+    try:
+        array = tifffile.imread(path)
+    except Exception as exc:  # tifffile raises many types for corrupt or truncated files
+        raise ImageError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
+    if ndim is not None and array.ndim != ndim:
+        raise ImageError(f"{path}: expected a {ndim}-D image, got shape {array.shape}")
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        raise ImageError(f"{path}: expected shape {tuple(shape)}, got {array.shape}")
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        raise ImageError(f"{path}: expected dtype {np.dtype(dtype)}, got {array.dtype}")
+    return array
