@@ -86,6 +86,8 @@ def read_tiff(
         array = tifffile.imread(path)
     except Exception as exc:  # tifffile raises many types for corrupt or truncated files
         raise ImageError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
+    if array.size == 0:  # tifffile only warns on a file with no valid page and returns an empty array
+        raise ImageError(f"{path}: unreadable TIFF (no image data)")
     if ndim is not None and array.ndim != ndim:
         raise ImageError(f"{path}: expected a {ndim}-D image, got shape {array.shape}")
     if shape is not None and tuple(array.shape) != tuple(shape):

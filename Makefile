@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV := .venv
+CP_VENV := .venv-cp
+BIN := $(VENV)/bin
+CORES ?= 2
+SNAKEMAKE := $(BIN)/snakemake
+export JAVA_HOME ?= /usr/lib/jvm/java-17-openjdk-amd64
+
+.PHONY: setup demo test bench lint clean-demo
+
+## setup: create the main environment (.venv) and the CellProfiler 4.2.8.1 one (.venv-cp) if missing
+setup: $(VENV)/.installed $(CP_VENV)/.installed
+
+$(VENV)/.installed: requirements/main.lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -r requirements/main.lock.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(CP_VENV)/.installed: requirements/cellprofiler-py39.lock.txt scripts/setup_cellprofiler.sh
+	scripts/setup_cellprofiler.sh $(CP_VENV) requirements/cellprofiler-py39.lock.txt
+	touch $@
+
+## demo: run the whole pipeline on the embedded synthetic gallery (config.yaml)
+demo: setup
+	$(SNAKEMAKE) --cores $(CORES) --rerun-incomplete
+	$(SNAKEMAKE) --cores $(CORES) --report results/reports/snakemake_report.html
+
+## test: unit tests and tiny end-to-end runs of the Snakefile
+test: setup
+	$(BIN)/pytest -q --durations=15
+
+## bench: speed measurements (prints figures; not a timed test)
+bench: setup
+	$(BIN)/python -m cellresdm.bench
+
+## lint: ruff, snakefmt and snakemake --lint
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile rules/
+	$(SNAKEMAKE) --lint
+
+clean-demo:
+	rm -rf results .snakemake

@@ -1,0 +1,25 @@
+# CellResDM pipeline: Cell Painting Gallery plates -> datasets -> models -> the paper's figures.
+# Run `snakemake --cores N` (one machine) or `snakemake --profile slurm` (cluster); see README.md.
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    plate="[A-Za-z0-9_-]+",
+    split="train|val|test",
+
+
+include: "rules/download.smk"
+include: "rules/filter.smk"
+include: "rules/groundtruth.smk"
+include: "rules/dataset.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

@@ -1,0 +1,126 @@
+"""Pipeline configuration: JSON-schema validation with defaults, and the checks a schema cannot express.
+
+The schema (``schemas/config.schema.yaml``) is the single source of keys and defaults; Snakemake validates
+with it through ``snakemake.utils.validate`` and the ``cellresdm`` CLI through :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cellresdm.errors import ConfigError
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+def schema_path() -> Path:
+    """Path of the config schema shipped inside the package."""
+    return Path(str(resources.files("cellresdm") / "schemas" / SCHEMA_FILE))
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(schema_path().read_text())
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line naming the config key at fault, e.g. ``plates.0.id: 'BR 1' does not match ...``."""
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        prefix = "" if where == "<top level>" else f"{where}."
+        names = ", ".join(f"'{prefix}{k}'" for k in unknown)
+        return f"unknown config key {names}; allowed here: {', '.join(allowed)}"
+    return f"config key '{where}': {error.message}"
+
+
+def _fill_defaults(validator_class):
+    """A validator class that writes schema defaults into the instance while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` against the schema, fill defaults in place, and run :func:`check_config`.
+
+    Raises:
+        ConfigError: naming the first offending key (all schema errors are listed).
+    """
+    schema = load_schema()
+    validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    check_config(config)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Checks across keys, run after schema validation (which has filled the defaults)."""
+    ids = [p["id"] for p in config["plates"]]
+    repeated = sorted(k for k, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise ConfigError(f"config key 'plates': plate id(s) listed more than once: {', '.join(repeated)}")
+    if config["source"] == "demo":
+        from cellresdm.synth import cell_lines
+
+        for i, plate in enumerate(config["plates"]):
+            if plate["cell_line"] not in cell_lines():
+                raise ConfigError(
+                    f"config key 'plates.{i}.cell_line': the demo generator knows {', '.join(cell_lines())}, "
+                    f"not {plate['cell_line']!r} (plate {plate['id']})"
+                )
+        demo = config["demo"]
+        extra = sorted(set(demo["black_if_wells"]) - set(demo["wells"]))
+        if extra:
+            raise ConfigError(f"config key 'demo.black_if_wells': wells {', '.join(extra)} are not in demo.wells")
+        for j, missing in enumerate(demo["missing_fields"]):
+            if missing["well"] not in demo["wells"] or missing["site"] > demo["sites"]:
+                raise ConfigError(
+                    f"config key 'demo.missing_fields.{j}': {missing['well']} site {missing['site']} "
+                    "is not a field of the demo plates (demo.wells x demo.sites)"
+                )
+
+
+def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read a YAML config (None = all defaults), validate it and fill defaults."""
+    config: dict[str, Any] = {}
+    if path is not None:
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc})") from exc
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping of keys, got {type(config).__name__}")
+    return validate_config(config)
+
+
+def plates_in_split(config: dict[str, Any], split: str) -> list[str]:
+    return [p["id"] for p in config["plates"] if p["split"] == split]
+
+
+def splits(config: dict[str, Any]) -> list[str]:
+    """Splits that have at least one plate, in train/val/test order."""
+    present = {p["split"] for p in config["plates"]}
+    return [s for s in ("train", "val", "test") if s in present]

@@ -1,0 +1,172 @@
+"""One function per pipeline step, from config sections and paths to output files.
+
+The Snakemake scripts in ``workflow_scripts/`` and the ``cellresdm`` CLI are both thin adapters around these
+functions, so a step runs the same with or without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cellresdm import io
+from cellresdm.errors import CellResDMError
+from cellresdm.layout import GalleryLayout
+
+log = logging.getLogger("cellresdm")
+
+
+def layout_from_config(gallery: dict[str, Any]) -> GalleryLayout:
+    return GalleryLayout(project=gallery["project"], source=gallery["source"], batch=gallery["batch"])
+
+
+def synth_plate(plate: str, cell_line: str, demo: dict[str, Any], gallery_root: str, truth_root: str) -> Path:
+    """Write one plate of the embedded synthetic gallery (config section ``demo``); returns its load_data.csv."""
+    from cellresdm.synth import SynthConfig, SynthPlate, write_plate
+
+    settings = SynthConfig(
+        field_size=demo["field_size"],
+        wells=tuple(demo["wells"]),
+        sites=demo["sites"],
+        black_if_wells=tuple(demo["black_if_wells"]),
+        missing_fields=tuple((m["well"], m["site"]) for m in demo["missing_fields"]),
+        seed=demo["seed"],
+    )
+    start = time.perf_counter()
+    path = write_plate(gallery_root, truth_root, SynthPlate(plate=plate, cell_line=cell_line), settings)
+    log.info("synthetic plate %s (%s) written in %.1f s: %s", plate, cell_line, time.perf_counter() - start, path)
+    return path
+
+
+def download(plate: str, gallery: dict[str, Any], out_dir: str, progress: bool = True) -> pd.DataFrame:
+    """Fetch one plate (config section ``gallery``) into ``out_dir``; writes ``out_dir/load_data.parquet``."""
+    from cellresdm.gallery import download_plate
+
+    return download_plate(
+        plate,
+        out_dir,
+        root=gallery["root"],
+        endpoint_url=gallery["endpoint_url"],
+        anon=gallery["anon"],
+        layout=layout_from_config(gallery),
+        wells=gallery["wells"],
+        sites=gallery["sites"],
+        workers=gallery["workers"],
+        retries=gallery["retries"],
+        progress=progress,
+        log=log,
+    )
+
+
+def filter_plate(
+    plate: str, load_data: str, out_table: str, out_platemap: str, settings: dict[str, Any], workers: int = 2
+) -> pd.DataFrame:
+    """Filter table and plate map of one plate (config section ``filter``)."""
+    from cellresdm.filters import FilterSettings, filter_fields, plot_plate_map
+
+    table = filter_fields(
+        pd.read_parquet(load_data),
+        FilterSettings(
+            edge_ring=settings["edge_ring"],
+            black_if_percentile=settings["black_if_percentile"],
+            black_if_min_ratio=settings["black_if_min_ratio"],
+            workers=workers,
+        ),
+        log=log,
+    )
+    counts = table["reason"].replace("", "kept").value_counts().to_dict()
+    log.info("plate %s: %d fields, %s", plate, len(table), counts)
+    io.write_parquet(table, out_table)
+    plot_plate_map(table, out_platemap, plate)
+    return table
+
+
+def groundtruth(
+    plate: str, fields: str, load_data: str, out_dir: str, settings: dict[str, Any], workers: int = 1
+) -> pd.DataFrame:
+    """CellProfiler nuclei and cell labels of the kept fields of one plate (config section ``groundtruth``)."""
+    from cellresdm.groundtruth import SegmentationSettings, run_cellprofiler
+
+    index = run_cellprofiler(
+        pd.read_parquet(fields),
+        pd.read_parquet(load_data),
+        Path(out_dir),
+        SegmentationSettings(pixel_size_um=settings["pixel_size_um"]),
+        cellprofiler=settings["cellprofiler"],
+        workers=workers,
+        log=log,
+    )
+    log.info("plate %s: CellProfiler labels for %d fields", plate, len(index))
+    return index
+
+
+def groundtruth_qc(plate: str, index: str, truth_dir: str, out: str, iou: float) -> pd.DataFrame:
+    """Compare CellProfiler labels with the synthetic generator's true labels (demo only)."""
+    from cellresdm.groundtruth import qc_against_truth
+
+    qc = qc_against_truth(pd.read_parquet(index), Path(truth_dir), iou=iou)
+    qc.insert(0, "plate", plate)
+    io.write_parquet(qc, out)
+    return qc
+
+
+def groundtruth_qc_summary(qc_tables: list[str], out: str, min_f1: dict[str, float]) -> pd.DataFrame:
+    """Pooled QC per plate and object plus an ``all`` row; logs a warning where F1 is below the minimum."""
+    from cellresdm.groundtruth import qc_summary
+
+    qc = pd.concat([pd.read_parquet(p) for p in qc_tables], ignore_index=True)
+    per_plate = [qc_summary(group).assign(plate=plate) for plate, group in qc.groupby("plate")]
+    summary = pd.concat([*per_plate, qc_summary(qc).assign(plate="all")], ignore_index=True)
+    summary["min_f1"] = summary["object"].map(min_f1)
+    summary["passed"] = summary["f1"] >= summary["min_f1"]
+    for row in summary[summary["plate"] == "all"].itertuples():
+        level = logging.INFO if row.passed else logging.WARNING
+        log.log(level, "ground truth QC %s: F1 %.3f (minimum %.2f)", row.object, row.f1, row.min_f1)
+    with io.atomic_path(out) as tmp:
+        summary.to_csv(tmp, index=False)
+    return summary
+
+
+def dataset(
+    split: str,
+    plates: list[str],
+    cell_lines: list[str],
+    fields: list[str],
+    load_data: list[str],
+    groundtruth_root: str,
+    settings: dict[str, Any],
+    boundary_thickness: int,
+    out: str,
+    summary_out: str,
+) -> dict[str, Any]:
+    """Build ``datasets/{split}.zarr`` from the plates of one split (config section ``dataset``)."""
+    from cellresdm.dataset import NormSettings, PlateInput, build_dataset
+
+    if not (len(plates) == len(cell_lines) == len(fields) == len(load_data)):
+        raise CellResDMError(f"split {split}: plates, cell lines and input tables do not line up")
+    inputs = [
+        PlateInput(
+            plate=plate,
+            cell_line=line,
+            fields=pd.read_parquet(table),
+            load_data=pd.read_parquet(ld),
+            groundtruth_dir=Path(groundtruth_root) / plate,
+        )
+        for plate, line, table, ld in zip(plates, cell_lines, fields, load_data, strict=True)
+    ]
+    summary = build_dataset(
+        inputs,
+        out,
+        NormSettings(scope=settings["norm_scope"], low=settings["norm_low"], high=settings["norm_high"]),
+        resize=settings["resize"],
+        boundary_thickness=boundary_thickness,
+        log=log,
+    )
+    summary = {"split": split, "plates": plates, **summary}
+    io.write_text(summary_out, json.dumps(summary, indent=2, default=str) + "\n")
+    return summary

@@ -1,0 +1,100 @@
+# Shared configuration and helper functions of all rules (no lambdas in rules: name them here).
+from pathlib import Path
+
+from cellresdm import config as cfg
+from cellresdm.layout import GalleryLayout
+
+cfg.validate_config(config)
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+DEMO_GALLERY = f"{RESULTS}/demo_gallery"
+DEMO_TRUTH = f"{RESULTS}/demo_truth"
+PLATES = {plate["id"]: plate for plate in config["plates"]}
+LAYOUT = GalleryLayout(
+    project=config["gallery"]["project"],
+    source=config["gallery"]["source"],
+    batch=config["gallery"]["batch"],
+)
+
+
+def is_demo():
+    return config["source"] == "demo"
+
+
+def gallery_root():
+    """Bucket root to download from (the generated demo gallery or the configured one)."""
+    return DEMO_GALLERY if is_demo() else config["gallery"]["root"]
+
+
+def demo_load_data(plate):
+    return f"{DEMO_GALLERY}/{LAYOUT.load_data_key(plate)}"
+
+
+def download_input(wildcards):
+    """The demo's generated load_data.csv; nothing for a remote gallery (it is not a workflow file)."""
+    return [demo_load_data(wildcards.plate)] if is_demo() else []
+
+
+def plates_of_split(wildcards):
+    return cfg.plates_in_split(config, wildcards.split)
+
+
+def dataset_input(wildcards):
+    plates = plates_of_split(wildcards)
+    return {
+        "fields": expand(f"{RESULTS}/fields/{{plate}}.parquet", plate=plates),
+        "load_data": expand(f"{RESULTS}/raw/{{plate}}/load_data.parquet", plate=plates),
+        "groundtruth": expand(
+            f"{RESULTS}/groundtruth/{{plate}}/index.parquet", plate=plates
+        ),
+    }
+
+
+def cell_lines_of_split(wildcards):
+    return [PLATES[p]["cell_line"] for p in plates_of_split(wildcards)]
+
+
+def qc_input():
+    return expand(f"{RESULTS}/groundtruth/qc/{{plate}}.parquet", plate=PLATES)
+
+
+def all_outputs():
+    """Every final product of the stages implemented so far."""
+    outputs = expand(f"{RESULTS}/fields/{{plate}}_platemap.png", plate=PLATES)
+    outputs += expand(f"{RESULTS}/datasets/{{split}}.zarr", split=cfg.splits(config))
+    if is_demo():
+        outputs.append(f"{RESULTS}/groundtruth/qc_summary.csv")
+    return outputs
+
+
+def plate_cell_line(wildcards):
+    return PLATES[wildcards.plate]["cell_line"]
+
+
+def gallery_settings():
+    """Download settings, with the root resolved for the demo."""
+    return {
+        **config["gallery"],
+        "root": gallery_root(),
+        "endpoint_url": None if is_demo() else config["gallery"]["endpoint_url"],
+    }
+
+
+def output_dir(wildcards, output):
+    """Folder of the first output, where per-field files that are not declared outputs go."""
+    return str(Path(output[0]).parent)
+
+
+def demo_roots(wildcards, output):
+    """Gallery root and truth root of the synthetic gallery, from the synth_plate outputs."""
+    key = LAYOUT.load_data_key(wildcards.plate)
+    return {
+        "gallery": str(output.load_data)[: -len(key) - 1],
+        "truth": str(Path(output.wells).parent.parent),
+    }
+
+
+def truth_dir(wildcards, input):
+    return str(Path(input.wells).parent)

@@ -1,0 +1,92 @@
+"""Config schema: defaults, unknown keys, bad plate ids, cross-key checks."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cellresdm.config import load_config, plates_in_split, splits, validate_config
+from cellresdm.errors import ConfigError
+
+
+def test_empty_config_gets_every_default():
+    config = validate_config({})
+    assert config["source"] == "demo"
+    assert [p["split"] for p in config["plates"]].count("test") >= 1
+    assert config["demo"]["field_size"] == 256
+    assert config["gallery"]["root"] == "s3://cellpainting-gallery"
+    assert config["filter"]["edge_ring"] == 1
+    assert config["dataset"]["norm_scope"] == "plate"
+    assert config["groundtruth"]["qc_min_f1_nuclei"] == 0.9
+
+
+def test_nested_defaults_fill_partial_sections():
+    config = validate_config({"filter": {"edge_ring": 2}})
+    assert config["filter"] == {"edge_ring": 2, "black_if_percentile": 99.9, "black_if_min_ratio": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"sorce": "demo"}, "'sorce'"),
+        ({"filter": {"edge_rings": 1}}, "'filter.edge_rings'"),
+        ({"plates": [{"id": "P1", "cell_line": "A549", "split": "train", "wells": []}]}, "'plates.0.wells'"),
+    ],
+)
+def test_unknown_key_is_named(config, named):
+    with pytest.raises(ConfigError, match="unknown config key") as err:
+        validate_config(config)
+    assert named in str(err.value)
+
+
+@pytest.mark.parametrize("bad_id", ["BR 00116991", "BR/001", "plate.1", ""])
+def test_plate_id_must_be_a_barcode(bad_id):
+    with pytest.raises(ConfigError, match=r"plates\.0\.id"):
+        validate_config({"plates": [{"id": bad_id, "cell_line": "A549", "split": "train"}]})
+
+
+def test_bad_split_and_source_are_named():
+    with pytest.raises(ConfigError, match=r"plates\.0\.split"):
+        validate_config({"plates": [{"id": "P1", "cell_line": "A549", "split": "training"}]})
+    with pytest.raises(ConfigError, match="'source'"):
+        validate_config({"source": "s3"})
+
+
+def test_duplicate_plate_ids_rejected():
+    plate = {"id": "P1", "cell_line": "A549", "split": "train"}
+    with pytest.raises(ConfigError, match="more than once: P1"):
+        validate_config({"plates": [plate, dict(plate)]})
+
+
+def test_demo_cell_line_must_be_known_to_the_generator():
+    with pytest.raises(ConfigError, match=r"plates\.0\.cell_line.*HeLa"):
+        validate_config({"plates": [{"id": "P1", "cell_line": "HeLa", "split": "train"}]})
+    # a real gallery may hold any cell line
+    validate_config({"source": "gallery", "plates": [{"id": "P1", "cell_line": "HeLa", "split": "train"}]})
+
+
+def test_demo_wells_consistency():
+    with pytest.raises(ConfigError, match="demo.black_if_wells"):
+        validate_config({"demo": {"wells": ["B02"], "black_if_wells": ["B03"], "missing_fields": []}})
+    with pytest.raises(ConfigError, match=r"demo\.missing_fields\.0"):
+        validate_config({"demo": {"sites": 1, "missing_fields": [{"well": "B02", "site": 2}]}})
+
+
+def test_repo_configs_are_valid(repo_dir):
+    demo = load_config(repo_dir / "config.yaml")
+    assert splits(demo) == ["train", "val", "test"]
+    paper = load_config(repo_dir / "configs" / "cpg0000.yaml")
+    assert paper["source"] == "gallery"
+    # the paper's train/test plates (DESIGN.md section 3)
+    assert plates_in_split(paper, "train") == ["BR00116991", "BR00116992", "BR00116995", "BR00117024"]
+    assert plates_in_split(paper, "test") == ["BR00116994", "BR00117026"]
+
+
+def test_unreadable_config_file_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("plates: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(path)
+    path.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)

@@ -1,0 +1,61 @@
+"""Atomic writes and validated TIFF reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellresdm.errors import ImageError
+from cellresdm.io import atomic_path, read_tiff, write_tiff
+from cellresdm.masks import boundaries_from_labels
+
+
+def test_write_and_read_lzw_roundtrip(tmp_path):
+    image = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    path = tmp_path / "a.tiff"
+    write_tiff(path, image)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.LZW
+    np.testing.assert_array_equal(read_tiff(path, shape=(64, 64), dtype=np.uint16), image)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.tiff"]  # no temporary left behind
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_tiff_errors_name_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.tiff"
+    corrupt.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    with pytest.raises(ImageError, match="corrupt.tiff: unreadable TIFF"):
+        read_tiff(corrupt)
+    good = tmp_path / "good.tiff"
+    write_tiff(good, np.random.default_rng(0).integers(0, 60000, (128, 128), dtype=np.uint16))
+    truncated = tmp_path / "truncated.tiff"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ImageError, match="truncated.tiff"):
+        read_tiff(truncated)
+    with pytest.raises(ImageError, match=r"good.tiff: expected shape \(64, 64\)"):
+        read_tiff(good, shape=(64, 64))
+    with pytest.raises(ImageError, match="good.tiff: expected dtype uint8"):
+        read_tiff(good, dtype=np.uint8)
+    with pytest.raises(ImageError, match="missing.tiff: image file is missing"):
+        read_tiff(tmp_path / "missing.tiff")
+
+
+def test_boundaries_thickness():
+    labels = np.zeros((20, 20), np.uint16)
+    labels[5:15, 5:15] = 1
+    one = boundaries_from_labels(labels, thickness=1)
+    assert one.sum() == 36  # perimeter of a 10x10 square, inside the object
+    two = boundaries_from_labels(labels, thickness=2)
+    assert two.sum() == 36 + 28 and not two[labels == 0].any()
+    touching = np.zeros((10, 10), np.uint16)
+    touching[:, :5], touching[:, 5:] = 1, 2
+    edges = boundaries_from_labels(touching, thickness=1)
+    assert edges[:, 4].all() and edges[:, 5].all()  # both sides of a shared border

@@ -1,0 +1,18 @@
+"""Snakemake adapter: the zarr dataset of one split."""
+
+from cellresdm.logs import step_logging
+from cellresdm.steps import dataset
+
+with step_logging(snakemake.log[0]):
+    dataset(
+        snakemake.wildcards.split,
+        list(snakemake.params.plates),
+        list(snakemake.params.cell_lines),
+        list(snakemake.input.fields),
+        list(snakemake.input.load_data),
+        snakemake.params.groundtruth_root,
+        snakemake.params.settings,
+        snakemake.params.boundary_thickness,
+        snakemake.output.zarr,
+        snakemake.output.summary,
+    )

@@ -1,0 +1,14 @@
+"""Snakemake adapter: filter table and plate map of one plate."""
+
+from cellresdm.logs import step_logging
+from cellresdm.steps import filter_plate
+
+with step_logging(snakemake.log[0]):
+    filter_plate(
+        snakemake.wildcards.plate,
+        snakemake.input.load_data,
+        snakemake.output.fields,
+        snakemake.output.platemap,
+        snakemake.params.settings,
+        workers=snakemake.threads,
+    )
