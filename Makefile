@@ -34,7 +34,7 @@ test: setup
 
 ## bench: speed measurements (prints figures; not a timed test)
 bench: setup
-	$(BIN)/python -m cellresdm.bench
+	$(BIN)/pytest -q -s -p no:cacheprovider benchmarks/
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: setup

@@ -78,6 +78,7 @@ def filter_plate(
             workers=workers,
         ),
         log=log,
+        plate=plate,
     )
     counts = table["reason"].replace("", "kept").value_counts().to_dict()
     log.info("plate %s: %d fields, %s", plate, len(table), counts)
@@ -143,6 +144,7 @@ def dataset(
     boundary_thickness: int,
     out: str,
     summary_out: str,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """Build ``datasets/{split}.zarr`` from the plates of one split (config section ``dataset``)."""
     from cellresdm.dataset import NormSettings, PlateInput, build_dataset
@@ -166,6 +168,7 @@ def dataset(
         resize=settings["resize"],
         boundary_thickness=boundary_thickness,
         log=log,
+        workers=workers,
     )
     summary = {"split": split, "plates": plates, **summary}
     io.write_text(summary_out, json.dumps(summary, indent=2, default=str) + "\n")

@@ -15,4 +15,5 @@ with step_logging(snakemake.log[0]):
         snakemake.params.boundary_thickness,
         snakemake.output.zarr,
         snakemake.output.summary,
+        workers=snakemake.threads,
     )

@@ -1,0 +1,517 @@
+"""Datasets of kept fields (DESIGN.md section 5, stage ``dataset``) and the torch Dataset that reads them.
+
+``build_dataset`` writes one ``.zarr`` directory (zarr v3) per split::
+
+    bf          (N, 3, H, W) float16 in [0, 1]   layout.BF_CHANNELS (in-focus Brightfield, HighZBF, LowZBF)
+    if          (N, 5, H, W) float16 in [0, 1]   layout.IF_CHANNELS
+    boundaries  (N, 2, H, W) uint8 0/1           layout.OBJECT_CHANNELS (nuclei, cells)
+    labels      (N, 2, H, W) uint16              instance labels
+    fields.parquet                               plate, cell_line, well, row, col, site, field, index
+    norm.parquet                                 the percentile values used per plate (or image) and channel
+
+chunked one field per chunk; the root attributes record the settings. The directory is written beside the
+target and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cellresdm import layout
+from cellresdm.errors import CellResDMError, ConfigError, ImageError
+from cellresdm.filters import histogram_percentiles, uint16_histogram
+from cellresdm.io import read_tiff
+from cellresdm.masks import boundaries_from_labels
+
+_LOG = logging.getLogger(__name__)
+
+#: Image channels in the order they are read: IF first, then BF (layout.ALL_CHANNELS).
+_CHANNELS: tuple[str, ...] = layout.IF_CHANNELS + layout.BF_CHANNELS
+_N_IF = len(layout.IF_CHANNELS)
+
+
+@dataclass(frozen=True)
+class NormSettings:
+    """Intensity normalisation: clip to the [low, high] percentiles, then scale to [0, 1].
+
+    Attributes:
+        scope: ``"plate"``: percentiles per plate and channel over all kept fields of the plate (keeps
+            intensity differences between images, which CellProfiler intensity features need);
+            ``"image"``: per image and channel, as the official CellResDM code does.
+        low, high: percentiles (0-100).
+    """
+
+    scope: str = "plate"
+    low: float = 0.5
+    high: float = 99.5
+
+    def validate(self) -> None:
+        if self.scope not in ("plate", "image"):
+            raise ConfigError(f"dataset norm scope must be 'plate' or 'image', got {self.scope!r}")
+        if not 0.0 <= self.low < self.high <= 100.0:
+            raise ConfigError(
+                f"dataset norm percentiles must satisfy 0 <= low < high <= 100, got low={self.low}, "
+                f"high={self.high}"
+            )
+
+
+@dataclass
+class PlateInput:
+    """One plate going into a dataset.
+
+    Attributes:
+        plate: plate name (Metadata_Plate).
+        cell_line: cell line of the plate (stored in the fields table).
+        fields: the filter table of the plate (``fields/{plate}.parquet``); rows with ``keep`` are used.
+        load_data: ``raw/{plate}/load_data.parquet`` (local paths of the 8 channels).
+        groundtruth_dir: folder with ``{field}_labels.tiff`` of the plate.
+    """
+
+    plate: str
+    cell_line: str
+    fields: pd.DataFrame
+    load_data: pd.DataFrame
+    groundtruth_dir: Path
+
+
+@dataclass(frozen=True)
+class _Field:
+    index: int
+    plate: str
+    cell_line: str
+    well: str
+    row: int
+    col: int
+    site: int
+    field: str
+    paths: tuple[str, ...]  # in _CHANNELS order
+    labels_path: str
+
+
+def _kept_fields(plates: Sequence[PlateInput]) -> list[_Field]:
+    """The kept fields of every plate, in plate order then row, column, site."""
+    out: list[_Field] = []
+    empty: list[str] = []
+    for p in plates:
+        table = p.fields
+        if "Metadata_Plate" in table.columns:
+            table = table[table["Metadata_Plate"] == p.plate]
+        kept = table[table["keep"].astype(bool)].sort_values(
+            ["Metadata_Row", "Metadata_Col", "Metadata_Site"]
+        )
+        if kept.empty:
+            empty.append(p.plate)
+            continue
+        ld = p.load_data
+        if "Metadata_Plate" in ld.columns:
+            ld = ld[ld["Metadata_Plate"] == p.plate]
+        by_key = {
+            (str(w), int(s)): rec
+            for w, s, rec in zip(ld["Metadata_Well"], ld["Metadata_Site"], ld.to_dict("records"), strict=True)
+        }
+        for rec in kept.to_dict("records"):
+            well, site = str(rec["Metadata_Well"]), int(rec["Metadata_Site"])
+            row, col = layout.parse_well(well)
+            field = rec.get("field") or layout.field_id(row, col, site)
+            src = by_key.get((well, site))
+            if src is None:
+                raise CellResDMError(
+                    f"plate {p.plate}: kept field {field} (well {well}, site {site}) is not in load_data"
+                )
+            paths = []
+            for ch in _CHANNELS:
+                value = src.get(layout.path_column(ch))
+                if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
+                    raise CellResDMError(f"plate {p.plate}: kept field {field} has no file for channel {ch}")
+                paths.append(str(value))
+            out.append(
+                _Field(
+                    index=len(out),
+                    plate=p.plate,
+                    cell_line=p.cell_line,
+                    well=well,
+                    row=row,
+                    col=col,
+                    site=site,
+                    field=field,
+                    paths=tuple(paths),
+                    labels_path=str(Path(p.groundtruth_dir) / f"{field}_labels.tiff"),
+                )
+            )
+    if not out:
+        raise CellResDMError(f"no kept fields to build a dataset from: plates with none: {', '.join(empty)}")
+    return out
+
+
+def _read_images(f: _Field, shape: tuple[int, int] | None) -> np.ndarray:
+    """(8, H, W) uint16 stack of one field, in _CHANNELS order; ImageError naming the file on problems."""
+    stack = []
+    for path in f.paths:
+        img = read_tiff(path, ndim=2, dtype=np.uint16)
+        if shape is None:
+            shape = tuple(img.shape)
+        elif tuple(img.shape) != tuple(shape):
+            raise ImageError(f"{path}: expected shape {tuple(shape)} (as the other fields), got {img.shape}")
+        stack.append(img)
+    return np.stack(stack)
+
+
+def _read_labels(f: _Field, shape: tuple[int, int]) -> np.ndarray:
+    labels = read_tiff(f.labels_path, ndim=3)
+    expected = (len(layout.OBJECT_CHANNELS), *shape)
+    if tuple(labels.shape) != expected:
+        raise ImageError(
+            f"{f.labels_path}: expected labels of shape {expected} (as the images), got {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ImageError(f"{f.labels_path}: expected integer instance labels, got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
+        raise ImageError(f"{f.labels_path}: label values outside the uint16 range")
+    return labels.astype(np.uint16, copy=False)
+
+
+def _normalise(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Clip to [lo, hi] and scale to [0, 1] (float32); a constant channel (hi <= lo) gives zeros."""
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(img.shape, dtype=np.float32)
+    out = (np.clip(img.astype(np.float32), lo, hi) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _resize_intensity(img: np.ndarray, size: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    out = resize(img, (size, size), order=1, mode="reflect", anti_aliasing=True, preserve_range=True)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    out = resize(labels, (size, size), order=0, mode="edge", anti_aliasing=False, preserve_range=True)
+    return np.rint(out).astype(np.uint16)
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished directory ``tmp`` onto ``target`` (replacing an older one)."""
+    if target.exists() or target.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        old.rmdir()
+        os.replace(target, old)
+        os.replace(tmp, target)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, target)
+
+
+def build_dataset(
+    plates: Sequence[PlateInput],
+    out: str | Path,
+    norm: NormSettings,
+    resize: int | None = None,
+    boundary_thickness: int = 2,
+    progress: bool = True,
+    log: logging.Logger | None = None,
+    workers: int = 2,
+) -> dict:
+    """Write the kept fields of ``plates`` to the zarr dataset ``out`` (see the module docstring).
+
+    Args:
+        plates: plates with their filter table, load_data and ground-truth folder.
+        out: target ``.zarr`` directory; written beside it and renamed into place when complete.
+        norm: normalisation settings.
+        resize: None keeps the native size; an int resizes each field to ``resize x resize``
+            (anti-aliased linear for intensities, nearest for labels; boundaries are recomputed).
+        boundary_thickness: width of the boundary masks (masks.boundaries_from_labels).
+        progress: show tqdm progress bars.
+        log: logger (defaults to this module's).
+        workers: threads reading and writing fields in parallel.
+
+    Returns:
+        Summary: n_fields, seconds, fields_per_s, shape (N, H, W of the stored fields), source_shape, out.
+    """
+    norm.validate()
+    log = log or _LOG
+    if resize is not None and (not isinstance(resize, int | np.integer) or resize < 1):
+        raise ConfigError(f"dataset resize must be a positive int or None, got {resize!r}")
+    if boundary_thickness < 1:
+        raise ConfigError(f"dataset boundary_thickness must be >= 1, got {boundary_thickness}")
+    if workers < 1:
+        raise ConfigError(f"dataset workers must be >= 1, got {workers}")
+    names = [p.plate for p in plates]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"dataset lists a plate twice: {names}")
+    out = Path(out)
+    fields = _kept_fields(plates)
+    n = len(fields)
+    t0 = time.perf_counter()
+
+    # Source shape from the first field; every other field must match it.
+    first = read_tiff(fields[0].paths[0], ndim=2, dtype=np.uint16)
+    src_shape = (int(first.shape[0]), int(first.shape[1]))
+    h, w = (resize, resize) if resize is not None else src_shape
+    qs = (norm.low, norm.high)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        # Plate scope: exact percentiles from per-field uint16 histograms summed over the plate.
+        plate_stats: dict[str, np.ndarray] = {}
+        if norm.scope == "plate":
+            hists = {p: np.zeros((len(_CHANNELS), 65536), dtype=np.int64) for p in dict.fromkeys(names)}
+            lock = threading.Lock()
+
+            def accumulate(f: _Field) -> None:
+                imgs = _read_images(f, src_shape)
+                local = np.stack([uint16_histogram(img) for img in imgs])
+                with lock:
+                    hists[f.plate] += local
+
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in tqdm(
+                    pool.map(accumulate, fields),
+                    total=n,
+                    desc="dataset stats",
+                    unit="field",
+                    disable=not progress,
+                ):
+                    pass
+            for plate, hist in hists.items():
+                if hist.sum():
+                    plate_stats[plate] = np.stack([histogram_percentiles(hc, qs) for hc in hist])
+
+        import zarr
+
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        arrays = {
+            "bf": root.create_array(
+                "bf",
+                shape=(n, len(layout.BF_CHANNELS), h, w),
+                chunks=(1, len(layout.BF_CHANNELS), h, w),
+                dtype="float16",
+                fill_value=0,
+            ),
+            "if": root.create_array(
+                "if", shape=(n, _N_IF, h, w), chunks=(1, _N_IF, h, w), dtype="float16", fill_value=0
+            ),
+            "boundaries": root.create_array(
+                "boundaries",
+                shape=(n, len(layout.OBJECT_CHANNELS), h, w),
+                chunks=(1, len(layout.OBJECT_CHANNELS), h, w),
+                dtype="uint8",
+                fill_value=0,
+            ),
+            "labels": root.create_array(
+                "labels",
+                shape=(n, len(layout.OBJECT_CHANNELS), h, w),
+                chunks=(1, len(layout.OBJECT_CHANNELS), h, w),
+                dtype="uint16",
+                fill_value=0,
+            ),
+        }
+        image_stats: dict[int, np.ndarray] = {}
+
+        def process(f: _Field) -> None:
+            imgs = _read_images(f, src_shape)
+            labels = _read_labels(f, src_shape)
+            if norm.scope == "plate":
+                stats = plate_stats[f.plate]
+            else:
+                stats = np.stack([histogram_percentiles(uint16_histogram(img), qs) for img in imgs])
+                image_stats[f.index] = stats
+            chans = [_normalise(img, float(lo), float(hi)) for img, (lo, hi) in zip(imgs, stats, strict=True)]
+            if resize is not None:
+                chans = [_resize_intensity(c, resize) for c in chans]
+                labels = np.stack([_resize_labels(lab, resize) for lab in labels])
+            bounds = np.stack([boundaries_from_labels(lab, boundary_thickness) for lab in labels]).astype(
+                np.uint8
+            )
+            stack = np.stack(chans).astype(np.float16)
+            arrays["if"][f.index] = stack[:_N_IF]
+            arrays["bf"][f.index] = stack[_N_IF:]
+            arrays["boundaries"][f.index] = bounds
+            arrays["labels"][f.index] = labels
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in tqdm(
+                pool.map(process, fields), total=n, desc="dataset write", unit="field", disable=not progress
+            ):
+                pass
+
+        fields_df = pd.DataFrame(
+            {
+                "plate": [f.plate for f in fields],
+                "cell_line": [f.cell_line for f in fields],
+                "well": [f.well for f in fields],
+                "row": [f.row for f in fields],
+                "col": [f.col for f in fields],
+                "site": [f.site for f in fields],
+                "field": [f.field for f in fields],
+                "index": [f.index for f in fields],
+            }
+        )
+        fields_df.to_parquet(tmp / "fields.parquet", index=False)
+        rows = []
+        if norm.scope == "plate":
+            for plate, stats in plate_stats.items():
+                for ch, (lo, hi) in zip(_CHANNELS, stats, strict=True):
+                    rows.append(("plate", plate, None, -1, ch, float(lo), float(hi)))
+        else:
+            for f in fields:
+                for ch, (lo, hi) in zip(_CHANNELS, image_stats[f.index], strict=True):
+                    rows.append(("image", f.plate, f.field, f.index, ch, float(lo), float(hi)))
+        norm_df = pd.DataFrame(rows, columns=["scope", "plate", "field", "index", "channel", "low", "high"])
+        norm_df.to_parquet(tmp / "norm.parquet", index=False)
+        root.attrs.update(
+            {
+                "format": "cellresdm-dataset-1",
+                "scope": norm.scope,
+                "low": float(norm.low),
+                "high": float(norm.high),
+                "resize": None if resize is None else int(resize),
+                "boundary_thickness": int(boundary_thickness),
+                "bf_channels": list(layout.BF_CHANNELS),
+                "if_channels": list(layout.IF_CHANNELS),
+                "object_channels": list(layout.OBJECT_CHANNELS),
+                "source_shape": list(src_shape),
+                "shape": [h, w],
+                "n_fields": n,
+                "plates": names,
+            }
+        )
+        _replace_dir(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+        raise
+    seconds = time.perf_counter() - t0
+    rate = n / seconds if seconds > 0 else float("inf")
+    log.info("dataset %s: %d fields of %dx%d in %.1f s (%.2f fields/s)", out, n, h, w, seconds, rate)
+    return {
+        "n_fields": n,
+        "seconds": seconds,
+        "fields_per_s": rate,
+        "shape": [n, h, w],
+        "source_shape": list(src_shape),
+        "out": str(out),
+    }
+
+
+def _seed_for(seed: int, epoch: int, index: int) -> int:
+    return int(
+        np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0]
+    )
+
+
+class CellPaintingDataset(torch.utils.data.Dataset):
+    """Fields of a dataset built by :func:`build_dataset`, with random crops, flips and 90-degree rotations.
+
+    Each item is a dict of ``bf`` (3, h, w), ``if`` (5, h, w), ``boundaries`` (2, h, w) float32 tensors
+    in [0, 1], ``labels`` (2, h, w) int64 and ``index`` (int). The same crop and transform apply to every
+    array. Randomness comes from a generator seeded by (seed, epoch, index): call :meth:`set_epoch` each
+    epoch (with ``persistent_workers`` DataLoaders the workers keep their own copy, so recreate those).
+    The zarr store is opened lazily in each process, so DataLoader workers do not share handles.
+    """
+
+    def __init__(self, path: str | Path, crop_size: int | None = 256, flips: bool = True, seed: int = 0):
+        self.path = Path(path)
+        self.crop_size = crop_size
+        self.flips = flips
+        self.seed = int(seed)
+        self.epoch = 0
+        if not self.path.is_dir():
+            raise CellResDMError(f"dataset {self.path} does not exist (build it with build_dataset)")
+        import zarr
+
+        try:
+            root = zarr.open_group(str(self.path), mode="r")
+            shapes = {name: tuple(root[name].shape) for name in ("bf", "if", "boundaries", "labels")}
+        except Exception as exc:  # zarr raises several types for a missing array or bad metadata
+            raise CellResDMError(f"dataset {self.path} is not a readable CellResDM zarr: {exc}") from exc
+        self._n, _, self.height, self.width = shapes["bf"]
+        for name, shape in shapes.items():
+            if shape[0] != self._n or shape[2:] != (self.height, self.width):
+                raise CellResDMError(
+                    f"dataset {self.path}: array {name} has shape {shape}, bf has {shapes['bf']}"
+                )
+        if crop_size is not None and (crop_size < 1 or crop_size > min(self.height, self.width)):
+            raise ValueError(
+                f"dataset {self.path}: crop_size {crop_size} does not fit its fields of "
+                f"{self.height}x{self.width}"
+            )
+        self._root = None
+        self._pid: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_root"] = None
+        state["_pid"] = None
+        return state
+
+    def _open(self):
+        if self._root is None or self._pid != os.getpid():
+            import zarr
+
+            self._root = zarr.open_group(str(self.path), mode="r")
+            self._pid = os.getpid()
+        return self._root
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"dataset {self.path}: index {i} out of range for {self._n} fields")
+        root = self._open()
+        gen = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, i) & 0x7FFF_FFFF_FFFF_FFFF)
+        if self.crop_size is None:
+            ys, xs = slice(None), slice(None)
+        else:
+            c = self.crop_size
+            y0 = int(torch.randint(0, self.height - c + 1, (1,), generator=gen))
+            x0 = int(torch.randint(0, self.width - c + 1, (1,), generator=gen))
+            ys, xs = slice(y0, y0 + c), slice(x0, x0 + c)
+        item = {
+            "bf": torch.from_numpy(np.asarray(root["bf"][i, :, ys, xs], dtype=np.float32)),
+            "if": torch.from_numpy(np.asarray(root["if"][i, :, ys, xs], dtype=np.float32)),
+            "boundaries": torch.from_numpy(np.asarray(root["boundaries"][i, :, ys, xs], dtype=np.float32)),
+            "labels": torch.from_numpy(np.asarray(root["labels"][i, :, ys, xs], dtype=np.int64)),
+        }
+        if self.flips:
+            hflip, vflip, k = (int(v) for v in torch.randint(0, 4, (3,), generator=gen))
+            h, w = item["bf"].shape[-2:]
+            k = k if h == w else (k // 2) * 2  # quarter turns only where the crop is square
+            for name, t in item.items():
+                if hflip % 2:
+                    t = torch.flip(t, dims=(-1,))
+                if vflip % 2:
+                    t = torch.flip(t, dims=(-2,))
+                if k:
+                    t = torch.rot90(t, k, dims=(-2, -1))
+                item[name] = t.contiguous()
+        item["index"] = i
+        return item

@@ -1,0 +1,172 @@
+"""The Snakefile as a user runs it: dry runs, the slurm profile, lint, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+import zarr
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+CELLPROFILER = REPO / ".venv-cp" / "bin" / "cellprofiler"
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow_scripts", "report", "envs", "config.yaml"]
+
+#: A config small enough for CI: 3 plates (one per split), 4 wells x 2 sites of 192x192 pixels.
+TINY_CONFIG = {
+    "source": "demo",
+    "plates": [
+        {"id": "TINY01", "cell_line": "A549", "split": "train"},
+        {"id": "TINY02", "cell_line": "U2OS", "split": "val"},
+        {"id": "TINY03", "cell_line": "U2OS", "split": "test"},
+    ],
+    "demo": {
+        "field_size": 192,
+        "wells": ["A01", "B02", "B03", "C02"],
+        "sites": 2,
+        "black_if_wells": ["B03"],
+        "missing_fields": [{"well": "C02", "site": 2}],
+    },
+}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [SNAKEMAKE, "--directory", str(workdir), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def make_workdir(tmp_path: Path, config: dict | None) -> Path:
+    """A copy of the workflow (no results) with ``config`` as its config.yaml."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in WORKFLOW_FILES + ["slurm"]:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, work / name)
+        else:
+            shutil.copy(source, work / name)
+    if config is not None:
+        (work / "config.yaml").write_text(yaml.safe_dump(config))
+    return work
+
+
+def test_dry_run_of_the_demo_plans_every_stage():
+    result = snakemake(REPO, "-n", "--cores", "1", "--quiet", "rules")
+    for rule in ["synth_plate", "download", "filter_fields", "groundtruth", "groundtruth_qc", "dataset"]:
+        assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the plan"
+
+
+def test_dry_run_of_the_paper_config_reads_the_gallery():
+    result = snakemake(REPO, "-n", "--cores", "1", "--quiet", "rules", "--configfile", "configs/cpg0000.yaml")
+    assert re.search(r"^download\s+8$", result.stdout, re.M)
+    assert "synth_plate" not in result.stdout and "groundtruth_qc" not in result.stdout
+
+
+def test_bad_config_fails_with_the_key_named(tmp_path):
+    work = make_workdir(tmp_path, {"plates": [{"id": "BR 0001", "cell_line": "A549", "split": "train"}]})
+    result = snakemake(work, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "plates.0.id" in result.stdout + result.stderr
+    (work / "config.yaml").write_text(yaml.safe_dump({"filters": {}}))
+    result = snakemake(work, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0 and "unknown config key 'filters'" in result.stdout + result.stderr
+
+
+def test_slurm_profile_parses_and_resolves_every_rules_resources(tmp_path):
+    profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["software-deployment-method"] == "conda"
+    assert profile["retries"] >= 1 and profile["rerun-incomplete"] is True
+    for rule in ("train", "sample"):
+        assert profile["set-resources"][rule]["gpu"] >= 1
+    # This machine has no conda, so the dry run uses a copy of the profile without conda deployment.
+    profile_dir = tmp_path / "slurm"
+    profile_dir.mkdir()
+    del profile["software-deployment-method"]
+    (profile_dir / "config.yaml").write_text(yaml.safe_dump(profile))
+    result = snakemake(REPO, "-n", "--profile", str(profile_dir), "--configfile", "configs/cpg0000.yaml")
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
+    assert {rule for rule, _ in jobs} >= {"download", "filter_fields", "groundtruth", "dataset"}
+    for rule, resources in jobs:
+        values = dict(item.split("=", 1) for item in resources.split(", "))
+        assert values["slurm_partition"] and values["slurm_account"], rule
+        assert int(values["runtime"]) > 0 and int(values["mem_mb"]) > 0, rule
+        if rule == "groundtruth":  # set-resources of the profile wins over the rule's own
+            assert values["runtime"] == "1440" and values["mem_mb"] == "8000"
+
+
+def test_conda_envs_point_at_existing_files():
+    for env_file in (REPO / "envs").glob("*.yaml"):
+        env = yaml.safe_load(env_file.read_text())
+        for dep in env["dependencies"]:
+            if isinstance(dep, dict):
+                for line in dep["pip"]:
+                    if line.startswith(("-r ", "-e ")):
+                        assert (env_file.parent / line[3:]).exists(), f"{env_file.name}: {line}"
+
+
+def test_snakemake_lint_and_snakefmt_are_clean():
+    lint = snakemake(REPO, "--lint", check=False)
+    assert "Lints for" not in lint.stdout + lint.stderr, lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"], cwd=REPO, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.cellprofiler
+def test_tiny_end_to_end_run(tmp_path):
+    """The whole Snakefile on a tiny synthetic gallery, then a rerun that has nothing to do, then --report."""
+    if not CELLPROFILER.exists():
+        pytest.skip("CellProfiler environment .venv-cp is missing (make setup creates it)")
+    work = make_workdir(tmp_path, TINY_CONFIG)
+    (work / ".venv-cp").symlink_to(REPO / ".venv-cp")
+    snakemake(work, "--cores", "2")
+    results = work / "results"
+
+    for plate in ("TINY01", "TINY02", "TINY03"):
+        fields = pd.read_parquet(results / "fields" / f"{plate}.parquet")
+        assert len(fields) == 8  # 4 wells x 2 sites, the missing one included
+        reasons = dict(zip(fields["Metadata_Well"] + "_" + fields["Metadata_Site"].astype(str), fields["reason"]))
+        assert reasons["A01_1"] == "edge_well" and reasons["C02_2"] == "missing"
+        assert reasons["B03_1"] == "black_if" and reasons["B02_1"] == ""
+        assert (results / "fields" / f"{plate}_platemap.png").stat().st_size > 1000
+        index = pd.read_parquet(results / "groundtruth" / plate / "index.parquet")
+        assert len(index) == fields["keep"].sum() == 3
+        assert (results / "logs" / "groundtruth" / f"{plate}.log").stat().st_size > 0
+
+    qc = pd.read_csv(results / "groundtruth" / "qc_summary.csv")
+    pooled = qc[qc["plate"] == "all"].set_index("object")
+    assert pooled.loc["nuclei", "f1"] >= 0.9 and pooled.loc["cells", "f1"] >= 0.7, pooled
+
+    store = zarr.open_group(str(results / "datasets" / "train.zarr"), mode="r")
+    assert store["bf"].shape == (3, 3, 192, 192) and store["if"].shape == (3, 5, 192, 192)
+    assert store["boundaries"].shape == store["labels"].shape == (3, 2, 192, 192)
+    image = np.asarray(store["if"][:])
+    assert np.isfinite(image).all() and 0 <= image.min() and image.max() <= 1
+    summary = json.loads((results / "datasets" / "test_summary.json").read_text())
+    assert summary["n_fields"] == 3 and summary["plates"] == ["TINY03"]
+    assert (results / "benchmarks" / "download" / "TINY01.tsv").exists()
+
+    rerun = snakemake(work, "--cores", "2", "-n")
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr
+    snakemake(work, "--cores", "1", "--report", "results/reports/snakemake_report.html")
+    assert (results / "reports" / "snakemake_report.html").stat().st_size > 10_000
