@@ -26,6 +26,7 @@ $(CP_VENV)/.installed: requirements/cellprofiler-py39.lock.txt scripts/setup_cel
 ## demo: run the whole pipeline on the embedded synthetic gallery (config.yaml)
 demo: setup
 	$(SNAKEMAKE) --cores $(CORES) --rerun-incomplete
+	mkdir -p results/reports
 	$(SNAKEMAKE) --cores $(CORES) --report results/reports/snakemake_report.html
 
 ## test: unit tests and tiny end-to-end runs of the Snakefile

@@ -42,8 +42,9 @@ def plate_1080(tmp_path_factory) -> tuple[Path, Path]:
     """A synthetic U2OS plate of 16 real-size fields in the bucket layout, uploaded to nothing yet."""
     root = tmp_path_factory.mktemp("gallery")
     truth = tmp_path_factory.mktemp("truth")
-    config = SynthConfig(field_size=1080, wells=("B02", "B03", "C02", "C03"), sites=4, black_if_wells=(),
-                         missing_fields=())
+    config = SynthConfig(
+        field_size=1080, wells=("B02", "B03", "C02", "C03"), sites=4, black_if_wells=(), missing_fields=()
+    )
     start = time.perf_counter()
     write_plate(root, truth, SynthPlate(PLATE, "U2OS"), config)
     record("synthetic plate", f"{(time.perf_counter() - start) / 16:.2f} s/field", "16 fields incl. LZW TIFFs")
@@ -65,20 +66,42 @@ def test_download_throughput(moto_s3, plate_1080, tmp_path):
     root, _ = plate_1080
     for path in root.rglob("*"):
         if path.is_file():
-            moto_s3.client.put_object(Bucket="cellpainting-gallery", Key=str(path.relative_to(root)),
-                                      Body=path.read_bytes())
-    table = download_plate(PLATE, tmp_path / "s3", "s3://cellpainting-gallery", endpoint_url=moto_s3.endpoint_url,
-                           workers=8, progress=False)
+            moto_s3.client.put_object(
+                Bucket="cellpainting-gallery", Key=str(path.relative_to(root)), Body=path.read_bytes()
+            )
+    table = download_plate(
+        PLATE,
+        tmp_path / "s3",
+        "s3://cellpainting-gallery",
+        endpoint_url=moto_s3.endpoint_url,
+        workers=8,
+        progress=False,
+    )
     size = sum(Path(p).stat().st_size for c in table.columns if c.startswith("path_") for p in table[c])
     start = time.perf_counter()
-    download_plate(PLATE, tmp_path / "s3b", "s3://cellpainting-gallery", endpoint_url=moto_s3.endpoint_url,
-                   workers=8, progress=False)
+    download_plate(
+        PLATE,
+        tmp_path / "s3b",
+        "s3://cellpainting-gallery",
+        endpoint_url=moto_s3.endpoint_url,
+        workers=8,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
-    record("download (local S3, moto)", f"{size / 1e6 / seconds:.1f} MB/s",
-           f"{len(table) * 8} LZW files, {size / 1e6:.0f} MB, 8 workers, {seconds:.1f} s incl. listing")
+    record(
+        "download (local S3, moto)",
+        f"{size / 1e6 / seconds:.1f} MB/s",
+        f"{len(table) * 8} LZW files, {size / 1e6:.0f} MB, 8 workers, {seconds:.1f} s incl. listing",
+    )
     start = time.perf_counter()
-    download_plate(PLATE, tmp_path / "s3b", "s3://cellpainting-gallery", endpoint_url=moto_s3.endpoint_url,
-                   workers=8, progress=False)
+    download_plate(
+        PLATE,
+        tmp_path / "s3b",
+        "s3://cellpainting-gallery",
+        endpoint_url=moto_s3.endpoint_url,
+        workers=8,
+        progress=False,
+    )
     record("download rerun (all complete)", f"{time.perf_counter() - start:.2f} s", "sizes checked, nothing fetched")
 
 
@@ -102,18 +125,26 @@ def groundtruth_dir(fields, downloaded, tmp_path_factory) -> Path:
         pytest.skip("no .venv-cp: run make setup")
     out = tmp_path_factory.mktemp("gt")
     start = time.perf_counter()
-    index = run_cellprofiler(fields, downloaded, out, SegmentationSettings(), cellprofiler=str(CELLPROFILER),
-                             workers=2, progress=False)
+    index = run_cellprofiler(
+        fields, downloaded, out, SegmentationSettings(), cellprofiler=str(CELLPROFILER), workers=2, progress=False
+    )
     seconds = time.perf_counter() - start
-    record("CellProfiler ground truth", f"{seconds / len(index):.2f} s/field",
-           f"{len(index)} fields, 2 processes, {seconds:.0f} s incl. JVM start")
+    record(
+        "CellProfiler ground truth",
+        f"{seconds / len(index):.2f} s/field",
+        f"{len(index)} fields, 2 processes, {seconds:.0f} s incl. JVM start",
+    )
     return out
 
 
 def test_groundtruth_and_dataset(fields, downloaded, groundtruth_dir, tmp_path):
     plate = PlateInput(PLATE, "U2OS", fields, downloaded, groundtruth_dir)
     for scope, resize in (("plate", 512), ("image", None)):
-        summary = build_dataset([plate], tmp_path / f"{scope}.zarr", NormSettings(scope=scope), resize=resize,
-                                progress=False)
-        record(f"dataset ({scope} norm, resize {resize})", f"{summary['fields_per_s']:.1f} fields/s",
-               f"{summary['n_fields']} fields")
+        summary = build_dataset(
+            [plate], tmp_path / f"{scope}.zarr", NormSettings(scope=scope), resize=resize, progress=False
+        )
+        record(
+            f"dataset ({scope} norm, resize {resize})",
+            f"{summary['fields_per_s']:.1f} fields/s",
+            f"{summary['n_fields']} fields",
+        )

@@ -93,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     gt = sub.add_parser("groundtruth", help="CellProfiler labels of one plate")
     gt.add_argument("plate")
     gt.add_argument("--workers", type=int, default=1)
-    sub.add_parser("dataset", help="zarr dataset of one split").add_argument(
-        "split", choices=["train", "val", "test"]
-    )
+    sub.add_parser("dataset", help="zarr dataset of one split").add_argument("split", choices=["train", "val", "test"])
     return parser
 
 

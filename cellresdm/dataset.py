@@ -65,8 +65,7 @@ class NormSettings:
             raise ConfigError(f"dataset norm scope must be 'plate' or 'image', got {self.scope!r}")
         if not 0.0 <= self.low < self.high <= 100.0:
             raise ConfigError(
-                f"dataset norm percentiles must satisfy 0 <= low < high <= 100, got low={self.low}, "
-                f"high={self.high}"
+                f"dataset norm percentiles must satisfy 0 <= low < high <= 100, got low={self.low}, high={self.high}"
             )
 
 
@@ -111,9 +110,7 @@ def _kept_fields(plates: Sequence[PlateInput]) -> list[_Field]:
         table = p.fields
         if "Metadata_Plate" in table.columns:
             table = table[table["Metadata_Plate"] == p.plate]
-        kept = table[table["keep"].astype(bool)].sort_values(
-            ["Metadata_Row", "Metadata_Col", "Metadata_Site"]
-        )
+        kept = table[table["keep"].astype(bool)].sort_values(["Metadata_Row", "Metadata_Col", "Metadata_Site"])
         if kept.empty:
             empty.append(p.plate)
             continue
@@ -175,9 +172,7 @@ def _read_labels(f: _Field, shape: tuple[int, int]) -> np.ndarray:
     labels = read_tiff(f.labels_path, ndim=3)
     expected = (len(layout.OBJECT_CHANNELS), *shape)
     if tuple(labels.shape) != expected:
-        raise ImageError(
-            f"{f.labels_path}: expected labels of shape {expected} (as the images), got {labels.shape}"
-        )
+        raise ImageError(f"{f.labels_path}: expected labels of shape {expected} (as the images), got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ImageError(f"{f.labels_path}: expected integer instance labels, got dtype {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
@@ -341,9 +336,7 @@ def build_dataset(
             if resize is not None:
                 chans = [_resize_intensity(c, resize) for c in chans]
                 labels = np.stack([_resize_labels(lab, resize) for lab in labels])
-            bounds = np.stack([boundaries_from_labels(lab, boundary_thickness) for lab in labels]).astype(
-                np.uint8
-            )
+            bounds = np.stack([boundaries_from_labels(lab, boundary_thickness) for lab in labels]).astype(np.uint8)
             stack = np.stack(chans).astype(np.float16)
             arrays["if"][f.index] = stack[:_N_IF]
             arrays["bf"][f.index] = stack[_N_IF:]
@@ -351,9 +344,7 @@ def build_dataset(
             arrays["labels"][f.index] = labels
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in tqdm(
-                pool.map(process, fields), total=n, desc="dataset write", unit="field", disable=not progress
-            ):
+            for _ in tqdm(pool.map(process, fields), total=n, desc="dataset write", unit="field", disable=not progress):
                 pass
 
         fields_df = pd.DataFrame(
@@ -416,9 +407,7 @@ def build_dataset(
 
 
 def _seed_for(seed: int, epoch: int, index: int) -> int:
-    return int(
-        np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0]
-    )
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0])
 
 
 class CellPaintingDataset(torch.utils.data.Dataset):
@@ -449,13 +438,10 @@ class CellPaintingDataset(torch.utils.data.Dataset):
         self._n, _, self.height, self.width = shapes["bf"]
         for name, shape in shapes.items():
             if shape[0] != self._n or shape[2:] != (self.height, self.width):
-                raise CellResDMError(
-                    f"dataset {self.path}: array {name} has shape {shape}, bf has {shapes['bf']}"
-                )
+                raise CellResDMError(f"dataset {self.path}: array {name} has shape {shape}, bf has {shapes['bf']}")
         if crop_size is not None and (crop_size < 1 or crop_size > min(self.height, self.width)):
             raise ValueError(
-                f"dataset {self.path}: crop_size {crop_size} does not fit its fields of "
-                f"{self.height}x{self.width}"
+                f"dataset {self.path}: crop_size {crop_size} does not fit its fields of {self.height}x{self.width}"
             )
         self._root = None
         self._pid: int | None = None

@@ -54,9 +54,7 @@ class FilterSettings:
         if self.edge_ring < 0:
             raise ConfigError(f"filter edge_ring must be >= 0, got {self.edge_ring}")
         if not 0.0 < self.black_if_percentile <= 100.0:
-            raise ConfigError(
-                f"filter black_if_percentile must be in (0, 100], got {self.black_if_percentile}"
-            )
+            raise ConfigError(f"filter black_if_percentile must be in (0, 100], got {self.black_if_percentile}")
         if self.black_if_min_ratio <= 0:
             raise ConfigError(f"filter black_if_min_ratio must be > 0, got {self.black_if_min_ratio}")
         if self.n_rows < 1 or self.n_cols < 1:
@@ -106,9 +104,7 @@ def uint16_percentiles(image: np.ndarray, qs: Sequence[float]) -> np.ndarray:
     return histogram_percentiles(uint16_histogram(image), qs)
 
 
-def is_edge_well(
-    row: int, col: int, ring: int, n_rows: int = layout.N_ROWS, n_cols: int = layout.N_COLS
-) -> bool:
+def is_edge_well(row: int, col: int, ring: int, n_rows: int = layout.N_ROWS, n_cols: int = layout.N_COLS) -> bool:
     """Whether the well at 1-based (row, col) lies within ``ring`` rows/columns of the plate border."""
     if ring <= 0:
         return False
@@ -150,8 +146,7 @@ def _measure_field(paths: dict[str, str], settings: FilterSettings, log: logging
         for ch, shape in shapes.items():
             if shape != shapes[ref_ch]:
                 msg = (
-                    f"{ch}: {paths[ch]}: shape {shape} differs from channel {ref_ch} "
-                    f"{shapes[ref_ch]} ({paths[ref_ch]})"
+                    f"{ch}: {paths[ch]}: shape {shape} differs from channel {ref_ch} {shapes[ref_ch]} ({paths[ref_ch]})"
                 )
                 log.warning("unreadable field: %s", msg)
                 problems.append(msg)
@@ -233,15 +228,10 @@ def filter_fields(
     dup = ld.duplicated(["Metadata_Plate", "field"], keep=False)
     if dup.any():
         bad = sorted(set(ld.loc[dup, "field"]))
-        raise CellResDMError(
-            f"plate {ld['Metadata_Plate'].iloc[0]}: load_data lists fields twice: {bad[:10]}"
-        )
+        raise CellResDMError(f"plate {ld['Metadata_Plate'].iloc[0]}: load_data lists fields twice: {bad[:10]}")
 
     grid = _expected_grid(ld)
-    present = {
-        (p, f): rec
-        for p, f, rec in zip(ld["Metadata_Plate"], ld["field"], ld.to_dict("records"), strict=True)
-    }
+    present = {(p, f): rec for p, f, rec in zip(ld["Metadata_Plate"], ld["field"], ld.to_dict("records"), strict=True)}
 
     table = grid.copy()
     table["keep"] = False
@@ -254,9 +244,7 @@ def filter_fields(
     issues: dict[int, dict[str, list[str]]] = {i: {r: [] for r in REASONS} for i in table.index}
     to_read: dict[int, dict[str, str]] = {}
     for i, (p, f, row, col) in enumerate(
-        zip(
-            table["Metadata_Plate"], table["field"], table["Metadata_Row"], table["Metadata_Col"], strict=True
-        )
+        zip(table["Metadata_Plate"], table["field"], table["Metadata_Row"], table["Metadata_Col"], strict=True)
     ):
         idx = table.index[i]
         if is_edge_well(row, col, settings.edge_ring, settings.n_rows, settings.n_cols):
@@ -273,9 +261,7 @@ def filter_fields(
 
     if to_read:
         with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-            futures = {
-                pool.submit(_measure_field, paths, settings, log): idx for idx, paths in to_read.items()
-            }
+            futures = {pool.submit(_measure_field, paths, settings, log): idx for idx, paths in to_read.items()}
             bar = tqdm(
                 as_completed(futures),
                 total=len(futures),

@@ -227,8 +227,7 @@ def _with_retries(
                 raise
             last = exc
             if attempt < retries:
-                log.debug("%s: attempt %d failed (%s: %s), retrying",
-                          what, attempt + 1, type(exc).__name__, exc)
+                log.debug("%s: attempt %d failed (%s: %s), retrying", what, attempt + 1, type(exc).__name__, exc)
                 _sleep_backoff(attempt, backoff)
     raise GalleryError(
         f"{what}: failed after {retries + 1} attempt(s); last error: {type(last).__name__}: {last}"
@@ -274,9 +273,7 @@ def _key_from_location(location: str, filename: str | None, gallery: GalleryLayo
         parts = [*parts, filename]
     found = _images_plate_dir(parts)
     if found is None or found[0] != len(parts) - 2:
-        raise ValueError(
-            f"{location!r} is neither an s3:// URL nor a path ending in <plate folder>/Images/<file>"
-        )
+        raise ValueError(f"{location!r} is neither an s3:// URL nor a path ending in <plate folder>/Images/<file>")
     return gallery.image_key(found[1], parts[-1])
 
 
@@ -406,9 +403,7 @@ def read_load_data(
     table = pd.DataFrame.from_records(records)
     dup = table["field"][table["field"].duplicated()].unique().tolist()
     if dup:
-        raise GalleryError(
-            f"{where} lists fields more than once (columns Metadata_Well/Metadata_Site): {dup[:10]}"
-        )
+        raise GalleryError(f"{where} lists fields more than once (columns Metadata_Well/Metadata_Site): {dup[:10]}")
     table = table.sort_values(["Metadata_Row", "Metadata_Col", "Metadata_Site"], kind="stable")
     return table.reset_index(drop=True)
 
@@ -521,13 +516,9 @@ def _list_sizes(
             return found if isinstance(found, dict) else {}
 
         try:
-            listing = _with_retries(
-                f"plate {plate}: listing {_url(root, base, prefix)}", find, retries, backoff, log
-            )
+            listing = _with_retries(f"plate {plate}: listing {_url(root, base, prefix)}", find, retries, backoff, log)
         except PermissionError as exc:
-            raise GalleryError(
-                f"plate {plate}: access denied listing {_url(root, base, prefix)} ({exc})"
-            ) from exc
+            raise GalleryError(f"plate {plate}: access denied listing {_url(root, base, prefix)} ({exc})") from exc
         except GalleryError:
             raise
         except Exception as exc:
@@ -598,8 +589,9 @@ def _remove_stale_parts(images: Path, names: set[str], log: logging.Logger) -> i
     return removed
 
 
-def _select(table: pd.DataFrame, plate: str, wells: Sequence[str] | None, sites: Sequence[int] | None,
-            log: logging.Logger) -> pd.DataFrame:
+def _select(
+    table: pd.DataFrame, plate: str, wells: Sequence[str] | None, sites: Sequence[int] | None, log: logging.Logger
+) -> pd.DataFrame:
     if wells is not None:
         wanted = set()
         for well in wells:
@@ -683,9 +675,7 @@ def download_plate(
     for key in keys:
         name = key.rsplit("/", 1)[-1]
         if by_name.setdefault(name, key) != key:
-            raise GalleryError(
-                f"plate {plate}: two keys share the file name {name}: {by_name[name]} and {key}"
-            )
+            raise GalleryError(f"plate {plate}: two keys share the file name {name}: {by_name[name]} and {key}")
     prefixes = sorted({key.rsplit("/", 1)[0] for key in keys if "/" in key})
     sizes = _list_sizes(fs, base, root, prefixes, plate, retries, backoff, log)
     if keys and not any(key in sizes for key in keys):
@@ -731,13 +721,25 @@ def download_plate(
 
     total = sum(sizes[k] for k in todo)
     log.info(
-        "plate %s: %d field(s), %d image(s): %d to fetch (%.1f MB), %d already present, "
-        "%d absent from the gallery",
-        plate, len(table), len(keys), len(todo), total / 1e6, stats.skipped, len(stats.missing_keys),
+        "plate %s: %d field(s), %d image(s): %d to fetch (%.1f MB), %d already present, %d absent from the gallery",
+        plate,
+        len(table),
+        len(keys),
+        len(todo),
+        total / 1e6,
+        stats.skipped,
+        len(stats.missing_keys),
     )
     fetch_start = time.perf_counter()
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {plate}",
-              disable=not progress or not todo, leave=False) as bar:
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"download {plate}",
+        disable=not progress or not todo,
+        leave=False,
+    ) as bar:
         if todo:
             _run_parallel(todo, fetch, workers, lambda key, ok: (account(key, ok), bar.update(sizes[key])))
 
@@ -748,33 +750,41 @@ def download_plate(
             continue
         got = path.stat().st_size if path.exists() else None
         if got != sizes[key]:
-            log.warning("%s: local size %s != listed %d after download; fetching again",
-                        path, got, sizes[key])
+            log.warning("%s: local size %s != listed %d after download; fetching again", path, got, sizes[key])
             ok = fetch(key)
             got = path.stat().st_size if ok and path.exists() else None
             if ok and got != sizes[key]:
-                raise GalleryError(
-                    f"{_url(root, base, key)}: local file {path} has {got} bytes, listed {sizes[key]}"
-                )
+                raise GalleryError(f"{_url(root, base, key)}: local file {path} has {got} bytes, listed {sizes[key]}")
             account(key, ok)
     stats.seconds = time.perf_counter() - fetch_start
     stats.missing = len(stats.missing_keys)
 
     result = table.copy()
     for ch in ALL_CHANNELS:
-        paths = [str(local_of[k]) if _is_key(k) and local_of.get(k) is not None else None
-                 for k in result[key_column(ch)]]
+        paths = [
+            str(local_of[k]) if _is_key(k) and local_of.get(k) is not None else None for k in result[key_column(ch)]
+        ]
         result[path_column(ch)] = pd.Series(paths, index=result.index, dtype=object)
     write_parquet(result, out_dir / "load_data.parquet")
     result.attrs["download"] = stats.as_dict()
     log.info(
         "plate %s: fetched %d file(s), skipped %d, missing %d; %.1f MB in %.1f s (%.1f MB/s); total %.1f s",
-        plate, stats.fetched, stats.skipped, stats.missing, stats.bytes_fetched / 1e6, stats.seconds,
-        stats.mb_per_s, time.perf_counter() - start,
+        plate,
+        stats.fetched,
+        stats.skipped,
+        stats.missing,
+        stats.bytes_fetched / 1e6,
+        stats.seconds,
+        stats.mb_per_s,
+        time.perf_counter() - start,
     )
     if stats.missing:
-        log.warning("plate %s: %d image(s) named in load_data.csv are absent from the gallery, e.g. %s",
-                    plate, stats.missing, stats.missing_keys[:3])
+        log.warning(
+            "plate %s: %d image(s) named in load_data.csv are absent from the gallery, e.g. %s",
+            plate,
+            stats.missing,
+            stats.missing_keys[:3],
+        )
     return result
 
 

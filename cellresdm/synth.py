@@ -146,10 +146,14 @@ class Optics:
         channels = layout.ALL_CHANNELS
         return cls(
             offset={c: float(rng.uniform(170, 310)) for c in channels},
-            gain={c: float(rng.uniform(0.99, 1.01) if c in layout.BF_CHANNELS else rng.uniform(0.9, 1.1))
-                  for c in channels},
-            vignette={c: float(rng.uniform(0.04, 0.08) if c in layout.BF_CHANNELS else rng.uniform(0.12, 0.25))
-                      for c in channels},
+            gain={
+                c: float(rng.uniform(0.99, 1.01) if c in layout.BF_CHANNELS else rng.uniform(0.9, 1.1))
+                for c in channels
+            },
+            vignette={
+                c: float(rng.uniform(0.04, 0.08) if c in layout.BF_CHANNELS else rng.uniform(0.12, 0.25))
+                for c in channels
+            },
             centre=(float(rng.uniform(-0.15, 0.15)), float(rng.uniform(-0.15, 0.15))),
             read_noise=float(rng.uniform(4.0, 7.0)),
             electrons_per_count=float(rng.uniform(0.8, 1.2)),
@@ -174,11 +178,9 @@ class _LineModel:
 
 _LINES: dict[str, _LineModel] = {
     # Compact, round, epithelial: cells ~35-45 um, nuclei ~15-18 um wide.
-    "A549": _LineModel(16.0, 40.0, (30.0, 37.0), (1.0, 1.35), 0.05, (12.0, 14.5), (1.0, 1.25), 0.08,
-                       (0.6, 3.0, 6.0)),
+    "A549": _LineModel(16.0, 40.0, (30.0, 37.0), (1.0, 1.35), 0.05, (12.0, 14.5), (1.0, 1.25), 0.08, (0.6, 3.0, 6.0)),
     # Large, spread, elongated, irregular: cells ~45-70 um, oval nuclei ~18-22 um.
-    "U2OS": _LineModel(8.5, 58.0, (42.0, 52.0), (1.3, 2.1), 0.13, (15.0, 18.0), (1.15, 1.6), 0.18,
-                       (0.4, 2.2, 5.0)),
+    "U2OS": _LineModel(8.5, 58.0, (42.0, 52.0), (1.3, 2.1), 0.13, (15.0, 18.0), (1.15, 1.6), 0.18, (0.4, 2.2, 5.0)),
 }
 
 # Peak signal (counts above background) per fluorescence channel, before per-cell and per-plate gains.
@@ -277,8 +279,15 @@ def _poisson_centres(rng: np.random.Generator, size: int, n_target: int, min_dis
     return pts[:n]
 
 
-def _star_radius(theta: np.ndarray, lab: np.ndarray, a: np.ndarray, b: np.ndarray, psi: np.ndarray,
-                 harm_amp: np.ndarray, harm_phase: np.ndarray) -> np.ndarray:
+def _star_radius(
+    theta: np.ndarray,
+    lab: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    psi: np.ndarray,
+    harm_amp: np.ndarray,
+    harm_phase: np.ndarray,
+) -> np.ndarray:
     """Radius of each pixel's object outline in direction ``theta``: ellipse (a, b, psi) times harmonics."""
     rel = theta - psi[lab]
     aa, bb = a[lab], b[lab]
@@ -316,8 +325,11 @@ def _geometry(line: _LineModel, size: int, rng: np.random.Generator, nucleus_sca
     nuc_r = rng.uniform(*line.nucleus_radius, n) * nucleus_scale * rng.uniform(0.93, 1.07, n)
     nuc_aspect = rng.uniform(*line.nucleus_aspect, n)
     nuc_psi = psi + rng.normal(0, 0.35, n)
-    nuc_a, nuc_b, nuc_psi = per_cell(nuc_r * np.sqrt(nuc_aspect)), per_cell(nuc_r / np.sqrt(nuc_aspect)), per_cell(
-        nuc_psi)
+    nuc_a, nuc_b, nuc_psi = (
+        per_cell(nuc_r * np.sqrt(nuc_aspect)),
+        per_cell(nuc_r / np.sqrt(nuc_aspect)),
+        per_cell(nuc_psi),
+    )
     nuc_amp = np.vstack([np.zeros(2), rng.uniform(0, 0.04, (n, 2))]).astype(np.float32)
     nuc_phase = np.vstack([np.zeros(2), rng.uniform(0, 2 * np.pi, (n, 2))]).astype(np.float32)
     shift = rng.uniform(0, line.nucleus_offset, n) * radius / np.sqrt(aspect)
@@ -341,8 +353,9 @@ def _geometry(line: _LineModel, size: int, rng: np.random.Generator, nucleus_sca
 
     cy, cx = per_cell(centres[:, 0]), per_cell(centres[:, 1])
     dy, dx = wy - cy[owner], wx - cx[owner]
-    inside_cell = np.hypot(dy, dx) < _star_radius(np.arctan2(dy, dx), owner, cell_a, cell_b, cell_psi, cell_amp,
-                                                  cell_phase)
+    inside_cell = np.hypot(dy, dx) < _star_radius(
+        np.arctan2(dy, dx), owner, cell_a, cell_b, cell_psi, cell_amp, cell_phase
+    )
     cells = np.where(inside_cell & (owner > 0), owner, 0)
 
     # Crop to the field, then make every cell one connected piece.
@@ -355,8 +368,9 @@ def _geometry(line: _LineModel, size: int, rng: np.random.Generator, nucleus_sca
     disp_y, disp_x = (wy - yy)[iy, ix], (wx - xx)[iy, ix]
     ndy = yy[crop] - (nuc_cy - disp_y)[owner_c]
     ndx = xx[crop] - (nuc_cx - disp_x)[owner_c]
-    in_ellipse = np.hypot(ndy, ndx) < _star_radius(np.arctan2(ndy, ndx), owner_c, nuc_a, nuc_b, nuc_psi, nuc_amp,
-                                                   nuc_phase)
+    in_ellipse = np.hypot(ndy, ndx) < _star_radius(
+        np.arctan2(ndy, ndx), owner_c, nuc_a, nuc_b, nuc_psi, nuc_amp, nuc_phase
+    )
     # Keep nuclei >= 3 px off the cell border (touching cells count as border).
     border = find_boundaries(cells, connectivity=1, mode="inner") | (cells == 0)
     interior = ndi.distance_transform_edt(~border) > 3
@@ -387,8 +401,11 @@ def _camera(signal: np.ndarray, channel: str, optics: Optics, rng: np.random.Gen
     size = signal.shape[0]
     mean = signal * (optics.gain[channel] * _vignette(size, optics.vignette[channel], optics.centre))
     shot = np.sqrt(np.maximum(mean, 0) / optics.electrons_per_count)
-    counts = optics.offset[channel] + mean + rng.standard_normal(signal.shape, dtype=np.float32) * np.hypot(
-        shot, optics.read_noise)
+    counts = (
+        optics.offset[channel]
+        + mean
+        + rng.standard_normal(signal.shape, dtype=np.float32) * np.hypot(shot, optics.read_noise)
+    )
     return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
 
 
@@ -445,8 +462,7 @@ def make_field(
 
     # Nucleoli: 1-4 per nucleus, Gaussian blobs of ~1-2.5 um away from the nuclear edge.
     spots = (rng.random(shape, dtype=np.float32) < 0.009) & (depth > 5)
-    nucleoli = ndi.gaussian_filter(spots * rng.uniform(0.6, 1.4, shape).astype(np.float32), 1.8) * (
-        2 * np.pi * 1.8**2)
+    nucleoli = ndi.gaussian_filter(spots * rng.uniform(0.6, 1.4, shape).astype(np.float32), 1.8) * (2 * np.pi * 1.8**2)
     nucleoli = np.clip(nucleoli, 0, 1) * nuc
 
     def per_cell_gain(sd: float) -> np.ndarray:
@@ -468,15 +484,26 @@ def make_field(
     fibres = np.clip(fibres - 0.6, 0, None) ** 1.3
 
     signal = {
-        "DNA": nuc * (0.45 + 0.55 * dome) * np.clip(1 + 0.22 * chromatin + 0.18 * hetero, 0.2, None)
-        * (1 - 0.7 * nucleoli) * per_cell_gain(0.2),
-        "RNA": (nuc * (0.14 * (1 + 0.2 * granules) + 0.9 * nucleoli)
-                + cyto * (0.16 + 0.22 * towards_nucleus) * np.clip(1 + 0.35 * granules, 0, None))
+        "DNA": nuc
+        * (0.45 + 0.55 * dome)
+        * np.clip(1 + 0.22 * chromatin + 0.18 * hetero, 0.2, None)
+        * (1 - 0.7 * nucleoli)
+        * per_cell_gain(0.2),
+        "RNA": (
+            nuc * (0.14 * (1 + 0.2 * granules) + 0.9 * nucleoli)
+            + cyto * (0.16 + 0.22 * towards_nucleus) * np.clip(1 + 0.35 * granules, 0, None)
+        )
         * per_cell_gain(0.15),
-        "ER": (cyto * (0.18 + 0.82 * np.exp(-d_nuc / 9.0)) * (0.3 + 0.9 * reticulum)
-               + nuc * 0.55 * np.exp(-(depth - 1) / 1.5)) * per_cell_gain(0.15),
+        "ER": (
+            cyto * (0.18 + 0.82 * np.exp(-d_nuc / 9.0)) * (0.3 + 0.9 * reticulum)
+            + nuc * 0.55 * np.exp(-(depth - 1) / 1.5)
+        )
+        * per_cell_gain(0.15),
         "AGP": (cell * (np.exp(-(d_border / 1.6)) + 0.1) + cyto * 0.45 * fibres) * per_cell_gain(0.2),
-        "Mito": cyto * (0.12 + 0.88 * np.exp(-d_nuc / 12.0)) * (filaments + 0.5 * puncta) * per_cell_gain(0.2)
+        "Mito": cyto
+        * (0.12 + 0.88 * np.exp(-d_nuc / 12.0))
+        * (filaments + 0.5 * puncta)
+        * per_cell_gain(0.2)
         * treatment.mito_scale,
     }
 
@@ -487,8 +514,9 @@ def make_field(
 
     # Brightfield: thickness (um) -> optical path (rad) -> absorption (in focus) and TIE defocus planes.
     t_edge, t_cyto, t_top = line.thickness
-    thickness = (cyto * (t_edge + (t_cyto - t_edge) * towards_nucleus**0.7) * np.clip(1 + 0.15 * granules, 0, None)
-                 + nuc * (t_cyto + (t_top - t_cyto) * dome + 0.4 * nucleoli))
+    thickness = cyto * (t_edge + (t_cyto - t_edge) * towards_nucleus**0.7) * np.clip(
+        1 + 0.15 * granules, 0, None
+    ) + nuc * (t_cyto + (t_top - t_cyto) * dome + 0.4 * nucleoli)
     thickness = ndi.gaussian_filter(thickness.astype(np.float32), 1.0)  # the objective's blur
     wavelength, delta_n, dz = 0.55, 0.035, 6.0  # um, refractive index step cell - medium, defocus um
     phi = (2 * np.pi / wavelength) * delta_n * thickness
@@ -536,20 +564,23 @@ def well_treatment(well: str, config: SynthConfig) -> Treatment:
         return forced[well]
     row, col = layout.parse_well(well)
     rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(_WELL_TAG, row, col)))
-    return Treatment(nucleus_scale=float(rng.uniform(*NUCLEUS_SCALE_RANGE)),
-                     mito_scale=float(rng.uniform(*MITO_SCALE_RANGE)))
+    return Treatment(
+        nucleus_scale=float(rng.uniform(*NUCLEUS_SCALE_RANGE)), mito_scale=float(rng.uniform(*MITO_SCALE_RANGE))
+    )
 
 
 def plate_optics(plate: str, config: SynthConfig) -> Optics:
     """The plate's microscope (offsets, gains, vignette), from the seed and the barcode."""
-    return Optics.random(np.random.default_rng(np.random.SeedSequence(config.seed,
-                                                                      spawn_key=(_PLATE_TAG, _plate_key(plate)))))
+    return Optics.random(
+        np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(_PLATE_TAG, _plate_key(plate))))
+    )
 
 
 def field_rng(plate: str, row: int, col: int, site: int, config: SynthConfig) -> np.random.Generator:
     """Generator of one field: depends on the seed, barcode, well and site only."""
     return np.random.default_rng(
-        np.random.SeedSequence(config.seed, spawn_key=(_FIELD_TAG, _plate_key(plate), row, col, site)))
+        np.random.SeedSequence(config.seed, spawn_key=(_FIELD_TAG, _plate_key(plate), row, col, site))
+    )
 
 
 def _check_roots(root: Path, truth_root: Path) -> None:
@@ -558,8 +589,7 @@ def _check_roots(root: Path, truth_root: Path) -> None:
         raise ValueError(f"truth_root {truth_root} must lie beside the gallery root {root}, not inside it")
 
 
-def write_plate(root: str | os.PathLike, truth_root: str | os.PathLike, plate: SynthPlate,
-                config: SynthConfig) -> Path:
+def write_plate(root: str | os.PathLike, truth_root: str | os.PathLike, plate: SynthPlate, config: SynthConfig) -> Path:
     """Write one plate's images and load_data.csv under ``root`` and its truth under ``truth_root``.
 
     Args:
@@ -588,26 +618,37 @@ def write_plate(root: str | os.PathLike, truth_root: str | os.PathLike, plate: S
         row, col = layout.parse_well(well)
         treatment = well_treatment(well, config)
         black = well in config.black_if_wells
-        wells.append({"well": well, "nucleus_scale": treatment.nucleus_scale,
-                      "mito_scale": treatment.mito_scale, "black_if": black})
+        wells.append(
+            {
+                "well": well,
+                "nucleus_scale": treatment.nucleus_scale,
+                "mito_scale": treatment.mito_scale,
+                "black_if": black,
+            }
+        )
         for site in range(1, config.sites + 1):
             if (well, site) in missing:
                 continue
-            images, labels = make_field(plate.cell_line, config.field_size, field_rng(plate.plate, row, col, site,
-                                                                                        config),
-                                        treatment, black, optics=optics)
+            images, labels = make_field(
+                plate.cell_line,
+                config.field_size,
+                field_rng(plate.plate, row, col, site, config),
+                treatment,
+                black,
+                optics=optics,
+            )
             record = {}
             for channel in layout.ALL_CHANNELS:
                 key = gallery.image_key(plate_dir, layout.image_filename(row, col, site, channel))
                 write_tiff(root / key, images[channel])
                 record[layout.url_column(channel)] = layout.s3_url(key)
-            record.update(Metadata_Plate=plate.plate, Metadata_Well=well, Metadata_Site=site,
-                          Metadata_Row=row, Metadata_Col=col)
+            record.update(
+                Metadata_Plate=plate.plate, Metadata_Well=well, Metadata_Site=site, Metadata_Row=row, Metadata_Col=col
+            )
             rows.append(record)
             write_tiff(truth_dir / f"{layout.field_id(row, col, site)}_labels.tiff", labels)
 
-    columns = [layout.url_column(c) for c in
-               ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF", "LowZBF")]
+    columns = [layout.url_column(c) for c in ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF", "LowZBF")]
     columns += ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Row", "Metadata_Col"]
     load_data = root / gallery.load_data_key(plate.plate)
     write_text(truth_dir / "wells.csv", pd.DataFrame(wells).to_csv(index=False))
@@ -615,8 +656,9 @@ def write_plate(root: str | os.PathLike, truth_root: str | os.PathLike, plate: S
     return load_data
 
 
-def write_gallery(root: str | os.PathLike, truth_root: str | os.PathLike, plates: Sequence[SynthPlate],
-                  config: SynthConfig) -> list[Path]:
+def write_gallery(
+    root: str | os.PathLike, truth_root: str | os.PathLike, plates: Sequence[SynthPlate], config: SynthConfig
+) -> list[Path]:
     """Write every plate with :func:`write_plate`; returns their load_data.csv paths in the given order."""
     barcodes = [p.plate for p in plates]
     if len(set(barcodes)) != len(barcodes):

@@ -50,9 +50,19 @@ DUMMY_AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-UNSET_AWS_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-                 "AWS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",
-                 "all_proxy")
+UNSET_AWS_ENV = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 
 
 def plate_dir_of(plate: str) -> str:
@@ -124,11 +134,11 @@ def make_plate(
                 if (well, site) in absent_fields or (well, site, channel) in absent_channels:
                     continue
                 objects[key] = tiff_bytes(rng.integers(0, 4096, (size, size), dtype=np.uint16), compression)
-            record.update(Metadata_Plate=plate, Metadata_Well=well, Metadata_Site=site,
-                          Metadata_Row=row, Metadata_Col=col)
+            record.update(
+                Metadata_Plate=plate, Metadata_Well=well, Metadata_Site=site, Metadata_Row=row, Metadata_Col=col
+            )
             rows.append(record)
-    columns = [layout.url_column(c) for c in ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF",
-                                              "LowZBF")]
+    columns = [layout.url_column(c) for c in ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF", "LowZBF")]
     columns += ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Row", "Metadata_Col"]
     csv = pd.DataFrame(rows, columns=columns).to_csv(index=False)
     load_data_key = gallery.load_data_key(plate)
@@ -164,17 +174,21 @@ class MotoS3:
 
 
 def _public_read_policy(bucket: str) -> str:
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "PublicRead",
-            "Effect": "Allow",
-            "Principal": "*",
-            # moto checks HEAD against s3:HeadObject (AWS uses s3:GetObject for both)
-            "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
-            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-        }],
-    })
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "PublicRead",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    # moto checks HEAD against s3:HeadObject (AWS uses s3:GetObject for both)
+                    "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
+                    "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                }
+            ],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +212,13 @@ def moto_s3() -> Iterator[MotoS3]:
         try:
             host, port = server.get_host_and_port()
             endpoint = f"http://{host}:{port}"
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                  aws_access_key_id="testing", aws_secret_access_key="testing")
+            client = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
             client.create_bucket(Bucket=BUCKET)
             client.put_bucket_policy(Bucket=BUCKET, Policy=_public_read_policy(BUCKET))
             yield MotoS3(endpoint, host, port, client)
@@ -224,8 +243,11 @@ class GalleryS3:
 def gallery_s3(moto_s3: MotoS3) -> GalleryS3:
     """Bucket with :data:`PLATE` (3 wells x 2 sites x 8 channels, 64x64 LZW TIFFs) and :data:`PLATE_GAPS`."""
     plate = moto_s3.upload(make_plate(PLATE, PLATE_WELLS, PLATE_SITES, seed=1))
-    gaps = moto_s3.upload(make_plate(PLATE_GAPS, ("B02", "B03"), (1, 2), seed=2, absent_fields=[("B03", 2)],
-                                     absent_channels=[("B02", 1, "Mito")]))
+    gaps = moto_s3.upload(
+        make_plate(
+            PLATE_GAPS, ("B02", "B03"), (1, 2), seed=2, absent_fields=[("B03", 2)], absent_channels=[("B02", 1, "Mito")]
+        )
+    )
     return GalleryS3(moto_s3, plate, gaps)
 
 
@@ -240,8 +262,17 @@ ACCESS_DENIED_XML = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
     b"<Message>Access Denied</Message><RequestId>FAULTPROXY</RequestId></Error>"
 )
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-               "upgrade", "content-length", "host"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+}
 
 
 @dataclass
@@ -345,8 +376,11 @@ class FaultProxy:
             if any(key.endswith(k) for k in plan.deny_keys):
                 counts.injected_403 += 1
                 return "403"
-            if (any(key.endswith(k) for k in plan.fail_keys)
-                    or (plan.fail_every and nth % plan.fail_every == 0) or per_key <= plan.fail_first):
+            if (
+                any(key.endswith(k) for k in plan.fail_keys)
+                or (plan.fail_every and nth % plan.fail_every == 0)
+                or per_key <= plan.fail_first
+            ):
                 counts.injected_503 += 1
                 return "503"
             if (plan.cut_every and nth % plan.cut_every == 0) or per_key <= plan.cut_first:

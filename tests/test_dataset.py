@@ -169,9 +169,7 @@ def test_build_shapes_and_content(tmp_path):
     attrs = dict(root.attrs)
     assert attrs["scope"] == "plate" and attrs["low"] == 0.5 and attrs["high"] == 99.5
     assert attrs["resize"] is None and attrs["boundary_thickness"] == 2
-    assert attrs["if_channels"] == list(layout.IF_CHANNELS) and attrs["bf_channels"] == list(
-        layout.BF_CHANNELS
-    )
+    assert attrs["if_channels"] == list(layout.IF_CHANNELS) and attrs["bf_channels"] == list(layout.BF_CHANNELS)
     assert attrs["source_shape"] == [64, 64]
     assert _leftovers(out.parent, out.name) == []
 
@@ -222,9 +220,7 @@ def test_resize(tmp_path):
         for c in range(2):
             assert set(np.unique(labels[i, c])) <= set(np.unique(gt[c]))  # nearest neighbour: no new values
             assert len(np.unique(labels[i, c])) == len(np.unique(gt[c]))  # every object survives
-            np.testing.assert_array_equal(
-                bounds[i, c], boundaries_from_labels(labels[i, c], 1).astype(np.uint8)
-            )
+            np.testing.assert_array_equal(bounds[i, c], boundaries_from_labels(labels[i, c], 1).astype(np.uint8))
     for name in ("bf", "if"):
         a = root[name][:].astype(np.float32)
         assert np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1

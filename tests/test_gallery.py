@@ -77,14 +77,14 @@ def test_full_download_is_byte_identical(gallery_s3: GalleryS3, tmp_path: Path) 
 
 
 def test_subset_of_wells_and_sites(gallery_s3: GalleryS3, tmp_path: Path) -> None:
-    table = download_plate(PLATE, tmp_path, ROOT, endpoint_url=gallery_s3.endpoint_url,
-                           wells=["C05", "B02"], sites=[2], **FAST)
+    table = download_plate(
+        PLATE, tmp_path, ROOT, endpoint_url=gallery_s3.endpoint_url, wells=["C05", "B02"], sites=[2], **FAST
+    )
     assert sorted(table["field"]) == ["r02c02f02", "r03c05f02"]
     assert _check_identical(table, gallery_s3.plate.objects) == 16
     assert len(list((tmp_path / "images").iterdir())) == 16
     with pytest.raises(GalleryError, match="no field"):
-        download_plate(PLATE, tmp_path / "none", ROOT, endpoint_url=gallery_s3.endpoint_url, wells=["P24"],
-                       **FAST)
+        download_plate(PLATE, tmp_path / "none", ROOT, endpoint_url=gallery_s3.endpoint_url, wells=["P24"], **FAST)
 
 
 def test_rerun_skips_everything(gallery_s3: GalleryS3, tmp_path: Path) -> None:
@@ -127,8 +127,7 @@ def test_interrupted_transfers_leave_no_complete_looking_file(
     plate = gallery_s3.plate
     fault_proxy.reset(FaultPlan(cut_every=5))
     with pytest.raises(GalleryError, match=plate.plate_dir):
-        download_plate(PLATE, tmp_path, ROOT, endpoint_url=fault_proxy.endpoint_url, retries=0, workers=2,
-                       **FAST)
+        download_plate(PLATE, tmp_path, ROOT, endpoint_url=fault_proxy.endpoint_url, retries=0, workers=2, **FAST)
     assert fault_proxy.counts.injected_cuts >= 1
     images = tmp_path / "images"
     by_name = {k.rsplit("/", 1)[1]: k for k in plate.image_keys}
@@ -170,8 +169,7 @@ def test_permanent_503_names_the_key(gallery_s3: GalleryS3, fault_proxy: FaultPr
     key = gallery_s3.plate.image_key("B03", 2, "ER")
     fault_proxy.reset(FaultPlan(fail_keys=(key,)))
     with pytest.raises(GalleryError, match=rf"{key}.*3 attempt.*SlowDown|{key}.*3 attempt.*reduce") as err:
-        download_plate(PLATE, tmp_path, ROOT, endpoint_url=fault_proxy.endpoint_url, retries=2, workers=1,
-                       **FAST)
+        download_plate(PLATE, tmp_path, ROOT, endpoint_url=fault_proxy.endpoint_url, retries=2, workers=1, **FAST)
     assert fault_proxy.counts.gets_per_key[key] == 3  # exactly retries + 1: no hidden botocore/s3fs retries
     assert "last error" in str(err.value)
     images = tmp_path / "images"
@@ -229,19 +227,19 @@ def test_local_directory_root(gallery_s3: GalleryS3, tmp_path: Path) -> None:
 
 def test_throughput(moto_s3: MotoS3, tmp_path: Path) -> None:
     """40 uncompressed 1080x1080 uint16 fields (~2.3 MB each) from the local moto server; prints MB/s."""
-    plate = make_plate("THRU0001", ("D04", "D05", "D06", "D07", "D08"), (1,), size=1080, compression=None,
-                       seed=3)
+    plate = make_plate("THRU0001", ("D04", "D05", "D06", "D07", "D08"), (1,), size=1080, compression=None, seed=3)
     moto_s3.upload(plate)
     start = time.perf_counter()
-    table = download_plate("THRU0001", tmp_path, ROOT, endpoint_url=moto_s3.endpoint_url, workers=8,
-                           progress=False)
+    table = download_plate("THRU0001", tmp_path, ROOT, endpoint_url=moto_s3.endpoint_url, workers=8, progress=False)
     wall = time.perf_counter() - start
     stats = table.attrs["download"]
     assert stats["fetched"] == 40 and stats["bytes_fetched"] == plate.nbytes
     assert _check_identical(table, plate.objects) == 40
-    print(f"\n[throughput] moto on 127.0.0.1, 8 workers: {stats['fetched']} files, "
-          f"{stats['bytes_fetched'] / 1e6:.1f} MB in {stats['seconds']:.2f} s = {stats['mb_per_s']:.1f} MB/s "
-          f"(whole call incl. load_data and listing {wall:.2f} s)")
+    print(
+        f"\n[throughput] moto on 127.0.0.1, 8 workers: {stats['fetched']} files, "
+        f"{stats['bytes_fetched'] / 1e6:.1f} MB in {stats['seconds']:.2f} s = {stats['mb_per_s']:.1f} MB/s "
+        f"(whole call incl. load_data and listing {wall:.2f} s)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- load_data
@@ -273,8 +271,11 @@ def test_filename_pathname_form_gives_the_same_keys(gallery_s3: GalleryS3) -> No
 
 def test_missing_channel_column(gallery_s3: GalleryS3) -> None:
     df = pd.read_csv(io.StringIO(gallery_s3.plate.load_data_csv)).drop(columns=["URL_OrigMito"])
-    with pytest.raises(GalleryError, match=r"plate FAKE0001.*channel Mito \(URL_OrigMito or "
-                                           r"FileName_OrigMito/PathName_OrigMito\)"):
+    with pytest.raises(
+        GalleryError,
+        match=r"plate FAKE0001.*channel Mito \(URL_OrigMito or "
+        r"FileName_OrigMito/PathName_OrigMito\)",
+    ):
         read_load_data(io.StringIO(df.to_csv(index=False)), PLATE)
 
 

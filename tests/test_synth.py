@@ -107,8 +107,12 @@ def test_truth_beside_gallery(gallery):
 
 def test_truth_inside_gallery_is_refused(tmp_path):
     with pytest.raises(ValueError, match="beside"):
-        synth.write_plate(tmp_path, tmp_path / "truth", PLATES[0], SynthConfig(wells=("B02",), sites=1,
-                                                                             black_if_wells=(), missing_fields=()))
+        synth.write_plate(
+            tmp_path,
+            tmp_path / "truth",
+            PLATES[0],
+            SynthConfig(wells=("B02",), sites=1, black_if_wells=(), missing_fields=()),
+        )
 
 
 def test_missing_fields_absent(gallery):
@@ -277,9 +281,16 @@ def test_same_seed_same_field():
 def test_field_independent_of_rest_of_gallery(gallery, tmp_path):
     small = SynthConfig(wells=("B03",), sites=1, black_if_wells=(), missing_fields=())
     synth.write_plate(tmp_path / "root", tmp_path / "truth", PLATES[1], small)
-    images, labels = _field({"root": tmp_path / "root", "truth": tmp_path / "truth",
-                             "load_data": {PLATES[1].plate: tmp_path / "root" / layout.GalleryLayout().load_data_key(
-                                 PLATES[1].plate)}}, PLATES[1].plate, "B03", 1)
+    images, labels = _field(
+        {
+            "root": tmp_path / "root",
+            "truth": tmp_path / "truth",
+            "load_data": {PLATES[1].plate: tmp_path / "root" / layout.GalleryLayout().load_data_key(PLATES[1].plate)},
+        },
+        PLATES[1].plate,
+        "B03",
+        1,
+    )
     ref_images, ref_labels = _field(gallery, PLATES[1].plate, "B03", 1)
     assert np.array_equal(labels, ref_labels)
     for channel in layout.ALL_CHANNELS:
@@ -302,8 +313,13 @@ def test_treatment_effects():
 
 
 def test_forced_treatment_recorded(tmp_path):
-    config = SynthConfig(wells=("B02", "B03"), sites=1, black_if_wells=(), missing_fields=(),
-                         treatments=(("B02", Treatment(1.0, 1.5)), ("B03", Treatment(1.0, 0.7))))
+    config = SynthConfig(
+        wells=("B02", "B03"),
+        sites=1,
+        black_if_wells=(),
+        missing_fields=(),
+        treatments=(("B02", Treatment(1.0, 1.5)), ("B03", Treatment(1.0, 0.7))),
+    )
     synth.write_plate(tmp_path / "root", tmp_path / "truth", PLATES[0], config)
     wells = pd.read_csv(tmp_path / "truth" / PLATES[0].plate / "wells.csv").set_index("well")
     assert wells.loc["B02", "mito_scale"] == pytest.approx(1.5)
