@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from cellresdm.errors import CellResDMError
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -15,7 +17,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def step_logging(log_file: str | Path | None, name: str = "cellresdm") -> Iterator[logging.Logger]:
     """Send log records, warnings and stderr (tqdm progress bars) of one step to ``log_file``.
 
-    Errors are logged with their traceback before they propagate, so the log alone explains a failure.
+    Errors are logged before they propagate, so the log alone explains a failure: bad input as its one-line
+    message, anything else with its traceback.
     Without a file, records go to stderr.
     """
     root = logging.getLogger()
@@ -35,6 +38,9 @@ def step_logging(log_file: str | Path | None, name: str = "cellresdm") -> Iterat
         with contextlib.redirect_stderr(stream) if stream else contextlib.nullcontext():
             try:
                 yield logger
+            except CellResDMError as exc:  # bad input or config: the message says it all
+                logger.error("%s", exc)
+                raise
             except Exception:
                 logger.exception("step failed")
                 raise

@@ -15,6 +15,7 @@ from skimage.measure import label as connected_label
 from skimage.segmentation import find_boundaries
 
 from cellresdm import layout, synth
+from cellresdm.io import read_tiff
 from cellresdm.synth import SynthConfig, SynthPlate, Treatment
 
 PLATES = (SynthPlate("BR00116991", "A549"), SynthPlate("BR00116995", "U2OS"))
@@ -262,6 +263,22 @@ def test_brightfield_planes(fields):
         high = images["HighZBF"] - bf
         low = images["LowZBF"] - bf
         assert np.corrcoef(high.ravel(), low.ravel())[0, 1] < -0.5
+
+
+def test_brightfield_resembles_the_real_cpg0000_planes(fields, shared_dir):
+    """Real BR00116991 A01 planes (../shared): same intensity scale, weak in-focus contrast, and the +z and
+    -z planes departing from focus in opposite directions."""
+    crops = shared_dir / "data" / "real_brightfield_crops"
+    real = {
+        name: read_tiff(crops / f"brightfield_{name}.tiff", ndim=2).astype(float) for name in ("focus", "over", "under")
+    }
+    assert np.corrcoef((real["over"] - real["focus"]).ravel(), (real["under"] - real["focus"]).ravel())[0, 1] < 0
+    for images, _ in fields.values():
+        focus = images["Brightfield"].astype(float)
+        assert abs(focus.mean() / real["focus"].mean() - 1) < 0.15
+        assert 0.5 < focus.std() / real["focus"].std() < 4
+        for plane, name in (("HighZBF", "over"), ("LowZBF", "under")):
+            assert 0.5 < images[plane].std() / real[name].std() < 4, plane
 
 
 # ------------------------------------------------------------------------------------------------ determinism
