@@ -296,31 +296,16 @@ def build_dataset(
         import zarr
 
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        # (channels, dtype) of every array; one field per chunk
+        specs = {
+            "bf": (len(layout.BF_CHANNELS), "float16"),
+            "if": (_N_IF, "float16"),
+            "boundaries": (len(layout.OBJECT_CHANNELS), "uint8"),
+            "labels": (len(layout.OBJECT_CHANNELS), "uint16"),
+        }
         arrays = {
-            "bf": root.create_array(
-                "bf",
-                shape=(n, len(layout.BF_CHANNELS), h, w),
-                chunks=(1, len(layout.BF_CHANNELS), h, w),
-                dtype="float16",
-                fill_value=0,
-            ),
-            "if": root.create_array(
-                "if", shape=(n, _N_IF, h, w), chunks=(1, _N_IF, h, w), dtype="float16", fill_value=0
-            ),
-            "boundaries": root.create_array(
-                "boundaries",
-                shape=(n, len(layout.OBJECT_CHANNELS), h, w),
-                chunks=(1, len(layout.OBJECT_CHANNELS), h, w),
-                dtype="uint8",
-                fill_value=0,
-            ),
-            "labels": root.create_array(
-                "labels",
-                shape=(n, len(layout.OBJECT_CHANNELS), h, w),
-                chunks=(1, len(layout.OBJECT_CHANNELS), h, w),
-                dtype="uint16",
-                fill_value=0,
-            ),
+            name: root.create_array(name, shape=(n, c, h, w), chunks=(1, c, h, w), dtype=dtype, fill_value=0)
+            for name, (c, dtype) in specs.items()
         }
         image_stats: dict[int, np.ndarray] = {}
 

@@ -705,17 +705,5 @@ def qc_summary(qc: pd.DataFrame) -> pd.DataFrame:
                 "mean_true_score": float(g["mean_true_score"].mean()),
             }
         )
-    cols = [
-        "object",
-        "n_fields",
-        "n_true",
-        "n_pred",
-        "tp",
-        "fp",
-        "fn",
-        "precision",
-        "recall",
-        "f1",
-        "mean_true_score",
-    ]
+    cols = ["object", "n_fields", *QC_COLUMNS[2:]]
     return pd.DataFrame(rows, columns=cols)
