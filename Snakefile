@@ -11,12 +11,16 @@ include: "rules/common.smk"
 wildcard_constraints:
     plate="[A-Za-z0-9_-]+",
     split="train|val|test",
+    method="|".join(config["methods"]) or "none",
 
 
 include: "rules/download.smk"
 include: "rules/filter.smk"
 include: "rules/groundtruth.smk"
 include: "rules/dataset.smk"
+include: "rules/train.smk"
+include: "rules/sample.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -15,11 +15,8 @@ target and renamed into place only when complete.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -35,7 +32,7 @@ from tqdm.auto import tqdm
 from cellresdm import layout
 from cellresdm.errors import CellResDMError, ConfigError, ImageError
 from cellresdm.filters import histogram_percentiles, uint16_histogram
-from cellresdm.io import read_tiff
+from cellresdm.io import atomic_dir, read_tiff
 from cellresdm.masks import boundaries_from_labels
 
 _LOG = logging.getLogger(__name__)
@@ -202,21 +199,6 @@ def _resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
     return np.rint(out).astype(np.uint16)
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished directory ``tmp`` onto ``target`` (replacing an older one)."""
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        old.rmdir()
-        os.replace(target, old)
-        os.replace(tmp, target)
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, target)
-
-
 def build_dataset(
     plates: Sequence[PlateInput],
     out: str | Path,
@@ -265,9 +247,7 @@ def build_dataset(
     h, w = (resize, resize) if resize is not None else src_shape
     qs = (norm.low, norm.high)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         # Plate scope: exact percentiles from per-field uint16 histograms summed over the plate.
         plate_stats: dict[str, np.ndarray] = {}
         if norm.scope == "plate":
@@ -373,11 +353,6 @@ def build_dataset(
                 "plates": names,
             }
         )
-        _replace_dir(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-        raise
     seconds = time.perf_counter() - t0
     rate = n / seconds if seconds > 0 else float("inf")
     log.info("dataset %s: %d fields of %dx%d in %.1f s (%.2f fields/s)", out, n, h, w, seconds, rate)

@@ -176,3 +176,84 @@ def dataset(
     summary = {"split": split, "plates": plates, **summary}
     io.write_text(summary_out, json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def train_method(name: str, config: dict[str, Any], dataset_path: str, out_dir: str) -> Path:
+    """Train method ``name`` on a dataset split with the shared trainer (config sections ``name`` and ``train``)."""
+    from cellresdm.dataset import CellPaintingDataset
+    from cellresdm.methods import build_method
+    from cellresdm.train import Trainer, TrainSettings
+
+    method = build_method(name, config)
+    train = config["train"]
+    settings = TrainSettings(
+        steps=train["steps"],
+        batch_size=train["batch_size"],
+        lr=train["lr"],
+        weight_decay=train["weight_decay"],
+        warmup_steps=train["warmup_steps"],
+        ema_decay=train["ema_decay"],
+        grad_clip=train["grad_clip"],
+        checkpoint_every=train["checkpoint_every"],
+        num_workers=train["num_workers"],
+        seed=train["seed"],
+    )
+    dataset = CellPaintingDataset(dataset_path, crop_size=config[name]["crop_size"], flips=True, seed=train["seed"])
+    log.info(
+        "training %s on %s (%d fields), %d parameters",
+        name,
+        dataset_path,
+        len(dataset),
+        sum(p.numel() for p in method.network.parameters()),
+    )
+    trainer = Trainer(
+        method.network,
+        method.loss,
+        dataset,
+        settings,
+        Path(out_dir),
+        config={"method": name, **method.config()},
+        log=log,
+    )
+    return trainer.train()
+
+
+def sample_method(
+    name: str, model_path: str, dataset_path: str, out: str, benchmark_out: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Sample a trained method on a dataset split (config section ``sample``)."""
+    import torch
+
+    from cellresdm.methods import build_method
+    from cellresdm.sample import SampleSettings, predict_dataset
+    from cellresdm.train import load_model_weights
+
+    checkpoint_config = torch.load(model_path, map_location="cpu", weights_only=False)["config"]
+    method = build_method(name, checkpoint_config)
+    load_model_weights(Path(model_path), method.network, ema=True)
+    return predict_dataset(method, dataset_path, out, SampleSettings(**settings), benchmark_out=benchmark_out, log=log)
+
+
+def evaluate_quality(
+    dataset_path: str, methods: list[str], predictions: list[str], out: str, summary_out: str
+) -> pd.DataFrame:
+    """Image-quality table of every method (and the trivial BF copy) on a split, and its per-channel summary."""
+    from cellresdm.metrics import TRIVIAL, image_quality, summarise_quality
+
+    table = image_quality(dataset_path, dict(zip(methods, predictions, strict=True)), log=log)
+    io.write_parquet(table, out)
+    summary = summarise_quality(table)
+    with io.atomic_path(summary_out) as tmp:
+        summary.to_csv(tmp, index=False)
+    for row in summary[summary["method"] != TRIVIAL].itertuples():
+        level = logging.INFO if row.beats_trivial_ssim else logging.WARNING
+        log.log(
+            level,
+            "%s %s: SSIM %.3f (BF copy %.3f), PSNR %.2f dB",
+            row.method,
+            row.channel,
+            row.ssim,
+            row.ssim_trivial,
+            row.psnr,
+        )
+    return summary

@@ -66,6 +66,11 @@ def all_outputs():
     outputs += expand(f"{RESULTS}/datasets/{{split}}.zarr", split=cfg.splits(config))
     if is_demo():
         outputs.append(f"{RESULTS}/groundtruth/qc_summary.csv")
+    if has_model_splits() and config["methods"]:
+        outputs += [f"{RESULTS}/metrics/image_quality_summary.csv"]
+        outputs += expand(
+            f"{RESULTS}/benchmarks/sample_{{method}}.json", method=config["methods"]
+        )
     return outputs
 
 
@@ -98,3 +103,23 @@ def demo_roots(wildcards, output):
 
 def truth_dir(wildcards, input):
     return str(Path(input.wells).parent)
+
+
+def method_model(wildcards):
+    return f"{RESULTS}/models/{wildcards.method}/model.pt"
+
+
+def method_predictions():
+    return expand(
+        f"{RESULTS}/predictions/{{method}}/test.zarr", method=config["methods"]
+    )
+
+
+def has_model_splits():
+    """Training and sampling need a train and a test split."""
+    return {"train", "test"} <= set(cfg.splits(config))
+
+
+def method_train_config(wildcards):
+    """The config sections training one method reads (its own and ``train``), so other edits do not retrain."""
+    return {wildcards.method: config[wildcards.method], "train": config["train"]}

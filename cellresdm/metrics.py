@@ -1,0 +1,89 @@
+"""Image quality of predicted IF channels against the real ones, on the paper's 0-255 scale."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from skimage.metrics import structural_similarity
+
+from cellresdm import layout
+
+#: Name of the trivial reference prediction: the normalised in-focus BF plane copied into every IF channel.
+TRIVIAL = "bf_copy"
+DATA_RANGE = 255.0
+
+
+def channel_metrics(real: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """MSE, PSNR, SSIM and Pearson r of one channel; inputs (H, W) in [0, 1], compared on 0-255
+    (SSIM with data_range 255 and scikit-image's default 7x7 window)."""
+    a = real.astype(np.float64) * DATA_RANGE
+    b = pred.astype(np.float64) * DATA_RANGE
+    mse = float(np.mean((a - b) ** 2))
+    psnr = float(10 * np.log10(DATA_RANGE**2 / mse)) if mse > 0 else float("inf")
+    ssim = float(structural_similarity(a, b, data_range=DATA_RANGE))
+    sa, sb = a.std(), b.std()
+    pearson = float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb)) if sa > 0 and sb > 0 else float("nan")
+    return {"mse": mse, "psnr": psnr, "ssim": ssim, "pearson": pearson}
+
+
+def image_quality(
+    dataset: str | Path, predictions: dict[str, str | Path], log: logging.Logger | None = None
+) -> pd.DataFrame:
+    """Per test image, IF channel and method (plus the trivial BF copy): MSE, PSNR, SSIM, Pearson r.
+
+    Args:
+        dataset: the split's ``datasets/{split}.zarr`` (real IF and BF).
+        predictions: method name -> its ``predictions/{method}/{split}.zarr``.
+    """
+    import zarr
+
+    log = log or logging.getLogger("cellresdm")
+    real = zarr.open_group(str(dataset), mode="r")
+    fields = pd.read_parquet(Path(dataset) / "fields.parquet")
+    stores = {name: zarr.open_group(str(path), mode="r") for name, path in predictions.items()}
+    for name, store in stores.items():
+        if store["if"].shape != real["if"].shape:
+            raise ValueError(
+                f"{predictions[name]}: predictions of shape {store['if'].shape} do not match the "
+                f"dataset {dataset} ({real['if'].shape})"
+            )
+    rows = []
+    for i in range(real["if"].shape[0]):
+        target = np.asarray(real["if"][i], dtype=np.float32)
+        candidates = {TRIVIAL: np.repeat(np.asarray(real["bf"][i, :1], dtype=np.float32), len(layout.IF_CHANNELS), 0)}
+        candidates.update({name: np.asarray(store["if"][i], dtype=np.float32) for name, store in stores.items()})
+        meta = fields.iloc[i]
+        for method, pred in candidates.items():
+            for c, channel in enumerate(layout.IF_CHANNELS):
+                rows.append(
+                    {
+                        "method": method,
+                        "index": i,
+                        "plate": meta["plate"],
+                        "cell_line": meta["cell_line"],
+                        "field": meta["field"],
+                        "channel": channel,
+                        **channel_metrics(target[c], pred[c]),
+                    }
+                )
+    table = pd.DataFrame(rows)
+    log.info(
+        "image quality: %d images x %d channels x %d sources",
+        real["if"].shape[0],
+        len(layout.IF_CHANNELS),
+        len(candidates),
+    )
+    return table
+
+
+def summarise_quality(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean metrics per method and channel, with each method's SSIM gain over the trivial BF copy."""
+    summary = table.groupby(["method", "channel"], sort=False)[["mse", "psnr", "ssim", "pearson"]].mean()
+    summary = summary.reset_index()
+    trivial = summary[summary["method"] == TRIVIAL].set_index("channel")["ssim"]
+    summary["ssim_trivial"] = summary["channel"].map(trivial)
+    summary["beats_trivial_ssim"] = summary["ssim"] > summary["ssim_trivial"]
+    return summary

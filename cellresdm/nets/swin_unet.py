@@ -1,0 +1,377 @@
+"""UNet with Swin transformer blocks, the CellResDM / ResShift (``UNetModelSwin``) denoising backbone.
+
+Layout (improved-diffusion UNet):
+
+- ``conv_in`` 3x3 ``in_channels -> model_channels``; the integer step goes through a sinusoidal embedding and an
+  MLP (width ``4 * model_channels``) that drives every :class:`~cellresdm.nets.layers.ResBlock` by FiLM.
+- Encoder: per level ``num_res_blocks`` residual blocks of width ``model_channels * channel_mult[level]``, each
+  followed by a :class:`SwinLayer` (``swin_depth`` Swin blocks, regular and shifted windows alternating) when the
+  level is in ``swin_levels``; a stride-2 3x3 conv between levels.
+- Middle: ResBlock, SwinLayer (``swin_in_middle``), ResBlock.
+- Decoder: per level ``num_res_blocks + 1`` residual blocks on ``cat(h, skip)`` (+ SwinLayer at Swin levels),
+  nearest x2 + 3x3 conv between levels.
+- Output: GroupNorm -> SiLU -> zero-initialised 3x3 conv, so a fresh network outputs zeros.
+
+Swin layers work directly on the UNet feature width (no extra embedding projection, unlike ResShift's wrapper).
+Heads: ``num_heads`` per Swin layer (default 4), or ``channels // head_channels`` when ``head_channels`` is set.
+
+Input sizes: with ``L = len(channel_mult)``, H and W must be divisible by ``2**(L-1)``; and at every level ``l``
+that carries Swin blocks (``swin_levels``, plus ``L-1`` for the middle block) each side ``H / 2**l`` must be a
+multiple of ``window_size`` or at most ``window_size``. A side no larger than the window uses the feature size as
+its window and is not shifted (a map exactly one window big is therefore plain global attention in every block).
+Multiples of ``2**max(swin level) * window_size`` always work (64 for the paper config, 32 for ``(1,2,2)``).
+:meth:`SwinUNet.check_input_size` raises ``ValueError`` naming the sizes otherwise.
+
+Measured parameter counts (``count_parameters``): paper size (160, (1,2,2,4), 2 res blocks, Swin depth 2, window 8,
+4 heads, swin_levels (-3,-2,-1) + middle) 133,980,391; demo size (32, (1,2,2)) 2,530,919.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from cellresdm.nets.layers import (
+    Downsample,
+    ResBlock,
+    TimestepEmbedder,
+    TimestepSequential,
+    Upsample,
+    count_parameters,
+    group_norm,
+    zero_module,
+)
+
+__all__ = [
+    "SwinBlock",
+    "SwinLayer",
+    "SwinUNet",
+    "SwinUNetConfig",
+    "WindowAttention",
+    "count_parameters",
+    "relative_position_index",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Window helpers (feature maps channels-last: (B, H, W, C))
+
+
+def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
+    """(B, H, W, C) -> (B * nW, wh * ww, C), windows in row-major order per image (H % wh == W % ww == 0)."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b * (h // wh) * (w // ww), wh * ww, c)
+
+
+def window_reverse(windows: Tensor, wh: int, ww: int, h: int, w: int) -> Tensor:
+    """Inverse of :func:`window_partition`: (B * nW, wh * ww, C) -> (B, H, W, C)."""
+    c = windows.shape[-1]
+    b = windows.shape[0] // ((h // wh) * (w // ww))
+    x = windows.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def shifted_window_mask(
+    h: int, w: int, window: tuple[int, int], shift: tuple[int, int], device: torch.device | None = None
+) -> Tensor:
+    """Additive attention mask (nW, N, N) for windows taken after ``torch.roll(x, (-sh, -sw))``.
+
+    Every pixel gets a region id (up to 3 bands per axis: the untouched part, the last full window, the wrapped
+    ``shift`` strip); two tokens of one window may attend to each other only when their region ids are equal.
+    Entries are 0 (allowed) or ``-inf`` (blocked); the diagonal is always 0.
+    """
+    wh, ww = window
+    sh, sw = shift
+    img = torch.zeros(h, w, device=device)
+    hs = (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)) if sh else (slice(None),)
+    ws = (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)) if sw else (slice(None),)
+    region = 0
+    for a in hs:
+        for b in ws:
+            img[a, b] = region
+            region += 1
+    ids = window_partition(img[None, :, :, None], wh, ww).squeeze(-1)  # (nW, N)
+    blocked = ids[:, None, :] != ids[:, :, None]
+    return torch.zeros(blocked.shape, device=device).masked_fill(blocked, float("-inf"))
+
+
+def relative_position_index(wh: int, ww: int, max_window: int) -> Tensor:
+    """(N, N) indices into a ((2*max_window-1)**2)-row bias table for a (wh, ww) window (wh, ww <= max_window)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)  # (2, N)
+    rel = coords[:, :, None] - coords[:, None, :] + (max_window - 1)  # (2, N, N), in [0, 2*max_window-2]
+    return rel[0] * (2 * max_window - 1) + rel[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Swin blocks
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative position bias table.
+
+    Runs on ``scaled_dot_product_attention`` with ``bias (+ shift mask)`` as the additive ``attn_mask``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Swin width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_bias = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.rel_bias, std=0.02)
+        self.register_buffer("_index", relative_position_index(window_size, window_size, window_size), persistent=False)
+
+    def bias(self, wh: int, ww: int) -> Tensor:
+        """(heads, N, N) relative position bias for a (wh, ww) window."""
+        if (wh, ww) == (self.window_size, self.window_size):
+            index = self._index
+        else:
+            index = relative_position_index(wh, ww, self.window_size).to(self.rel_bias.device)
+        n = wh * ww
+        return self.rel_bias[index.reshape(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, window: tuple[int, int], mask: Tensor | None = None) -> Tensor:
+        """x (B * nW, N, C) windows; ``mask`` (nW, N, N) additive or None -> (B * nW, N, C)."""
+        bw, n, c = x.shape
+        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B * nW, heads, N, hd)
+        bias = self.bias(*window)
+        if mask is None:
+            attn_mask = bias[None].to(q.dtype)
+        else:
+            nw = mask.shape[0]
+            attn_mask = (bias[None] + mask[:, None]).to(q.dtype)  # (nW, heads, N, N)
+            attn_mask = attn_mask[None].expand(bw // nw, -1, -1, -1, -1).reshape(bw, self.num_heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+
+
+class SwinBlock(nn.Module):
+    """LN -> (shifted) window attention -> residual -> LN -> MLP (GELU) -> residual, on (B, H, W, C).
+
+    ``shift=True`` rolls the map by ``-window_size // 2`` before windowing (and back after) and masks attention
+    between tokens of different regions. A side at most ``window_size`` long becomes a single window and that
+    side is not shifted.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float = 4.0, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Effective (window, shift) for an (h, w) map; ValueError when a side does not tile."""
+        ws = self.window_size
+        wh, ww = min(ws, h), min(ws, w)
+        if h % wh or w % ww:
+            raise ValueError(f"Swin feature map {h}x{w} cannot be tiled by {wh}x{ww} windows (window_size {ws})")
+        sh = ws // 2 if self.shift and h > ws else 0
+        sw = ws // 2 if self.shift and w > ws else 0
+        return (wh, ww), (sh, sw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, h, w, _ = x.shape
+        (wh, ww), (sh, sw) = self.geometry(h, w)
+        y = self.norm1(x)
+        mask = None
+        if sh or sw:
+            y = torch.roll(y, shifts=(-sh, -sw), dims=(1, 2))
+            mask = shifted_window_mask(h, w, (wh, ww), (sh, sw), device=x.device)
+        y = self.attn(window_partition(y, wh, ww), (wh, ww), mask)
+        y = window_reverse(y, wh, ww, h, w)
+        if sh or sw:
+            y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class SwinLayer(nn.Module):
+    """``depth`` Swin blocks (regular, shifted, regular, ...) on a (B, C, H, W) feature map."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, shift=i % 2 == 1, mlp_ratio=mlp_ratio, dropout=dropout)
+            for i in range(depth)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x.permute(0, 2, 3, 1)
+        for block in self.blocks:
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                y = checkpoint(block, y, use_reentrant=False)
+            else:
+                y = block(y)
+        return y.permute(0, 3, 1, 2).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# UNet
+
+
+@dataclass(frozen=True)
+class SwinUNetConfig:
+    """Hyper-parameters of :class:`SwinUNet` (defaults: the paper / ResShift size).
+
+    ``swin_levels`` are indices into ``channel_mult`` (negative ones count from the lowest resolution); Swin layers
+    follow every residual block of those levels (encoder and decoder), plus one in the middle block when
+    ``swin_in_middle``. The default ``(1, 2)`` skips the full-resolution level (window attention on 512x512 maps is
+    costly and convolutions do well there) and, like ResShift (attention at ds 1, 2, 4 but not 8), the widest
+    level; for ``(1, 2, 2, 4)`` on 512x512 inputs Swin runs on the 256, 128 (encoder/decoder) and 64 (middle) maps.
+    Heads: ``num_heads`` per layer, unless ``head_channels`` is set (then ``width // head_channels``).
+    """
+
+    in_channels: int = 14  # cat(x_t scaled (7), y0 (7))
+    out_channels: int = 7
+    model_channels: int = 160
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 2
+    swin_depth: int = 2
+    window_size: int = 8
+    num_heads: int = 4
+    head_channels: int | None = None
+    mlp_ratio: float = 4.0
+    swin_levels: tuple[int, ...] = (1, 2)
+    swin_in_middle: bool = True
+    dropout: float = 0.0
+    norm_groups: int = 32
+    use_checkpoint: bool = False
+
+
+class SwinUNet(nn.Module):
+    """x_0-predicting denoiser: ``forward(x (B, in_channels, H, W), t (B,) int) -> (B, out_channels, H, W)``."""
+
+    def __init__(self, config: SwinUNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or SwinUNetConfig()
+        self.config = cfg
+        n_levels = len(cfg.channel_mult)
+        if n_levels < 1 or cfg.num_res_blocks < 1 or cfg.window_size < 1:
+            raise ValueError("channel_mult must be non-empty; num_res_blocks and window_size must be >= 1")
+        for lvl in cfg.swin_levels:
+            if not -n_levels <= lvl < n_levels:
+                raise ValueError(f"swin_levels entry {lvl} is out of range for {n_levels} levels")
+        self.swin_levels = frozenset(lvl % n_levels for lvl in cfg.swin_levels)
+        mc = cfg.model_channels
+        emb_dim = 4 * mc
+        self.time_embed = TimestepEmbedder(mc, emb_dim)
+
+        def res(cin: int, cout: int) -> ResBlock:
+            return ResBlock(cin, emb_dim, cout, cfg.dropout, cfg.norm_groups, cfg.use_checkpoint)
+
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
+        skips = [mc]
+        ch = mc
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, mult * mc)]
+                ch = mult * mc
+                if level in self.swin_levels:
+                    layers.append(self._swin(ch))
+                self.input_blocks.append(TimestepSequential(*layers))
+                skips.append(ch)
+            if level != n_levels - 1:
+                self.input_blocks.append(TimestepSequential(Downsample(ch)))
+                skips.append(ch)
+        middle: list[nn.Module] = [res(ch, ch)]
+        if cfg.swin_in_middle:
+            middle.append(self._swin(ch))
+        middle.append(res(ch, ch))
+        self.middle_block = TimestepSequential(*middle)
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res(ch + skips.pop(), mult * mc)]
+                ch = mult * mc
+                if level in self.swin_levels:
+                    layers.append(self._swin(ch))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(TimestepSequential(*layers))
+        self.out = nn.Sequential(
+            group_norm(ch, cfg.norm_groups), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        )
+
+    def _swin(self, ch: int) -> SwinLayer:
+        cfg = self.config
+        if cfg.head_channels:
+            if ch % cfg.head_channels:
+                raise ValueError(f"width {ch} is not divisible by head_channels={cfg.head_channels}")
+            heads = ch // cfg.head_channels
+        else:
+            heads = cfg.num_heads
+        return SwinLayer(ch, cfg.swin_depth, heads, cfg.window_size, cfg.mlp_ratio, cfg.dropout, cfg.use_checkpoint)
+
+    def check_input_size(self, h: int, w: int) -> None:
+        """Raise ``ValueError`` naming the sizes unless (h, w) passes through every level (see module doc)."""
+        cfg = self.config
+        n_levels = len(cfg.channel_mult)
+        factor = 2 ** (n_levels - 1)
+        if h % factor or w % factor:
+            raise ValueError(
+                f"input size {h}x{w}: H and W must be divisible by 2**(len(channel_mult)-1) = {factor}"
+            )
+        levels = set(self.swin_levels) | ({n_levels - 1} if cfg.swin_in_middle else set())
+        ws = cfg.window_size
+        for lvl in sorted(levels):
+            fh, fw = h >> lvl, w >> lvl
+            if any(s > ws and s % ws for s in (fh, fw)):
+                safe = 2 ** max(levels) * ws
+                raise ValueError(
+                    f"input size {h}x{w}: the Swin level {lvl} feature map is {fh}x{fw}; each side must be a "
+                    f"multiple of window_size={ws} or at most {ws} (sizes that are multiples of {safe} always work)"
+                )
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """x (B, in_channels, H, W), t (B,) integer diffusion step -> (B, out_channels, H, W)."""
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected x of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"expected t of shape ({x.shape[0]},), got {tuple(t.shape)}")
+        self.check_input_size(x.shape[2], x.shape[3])
+        emb = self.time_embed(t)
+        hs = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb)
+            hs.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h)
+
+    def count_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters."""
+        return count_parameters(self, trainable_only)
