@@ -59,6 +59,10 @@ def _run(args: argparse.Namespace) -> None:
             config["groundtruth"],
             workers=args.workers,
         )
+    elif args.step in ("train", "sample"):
+        if args.method not in config["methods"]:
+            raise CellResDMError(f"method {args.method!r} is not enabled in the config's methods {config['methods']}")
+        _run_models(args, config, results)
     elif args.step == "dataset":
         plates = cfg.plates_in_split(config, args.split)
         if not plates:
@@ -78,6 +82,25 @@ def _run(args: argparse.Namespace) -> None:
         )
 
 
+def _run_models(args: argparse.Namespace, config: dict, results: Path) -> None:
+    if args.step == "train":
+        steps.train_method(
+            args.method,
+            config,
+            args.dataset or str(results / "datasets" / "train.zarr"),
+            args.out_dir or str(results / "models" / args.method),
+        )
+    elif args.step == "sample":
+        steps.sample_method(
+            args.method,
+            str(results / "models" / args.method / "model.pt"),
+            str(results / "datasets" / "test.zarr"),
+            str(results / "predictions" / args.method / "test.zarr"),
+            str(results / "benchmarks" / f"sample_{args.method}.json"),
+            config["sample"],
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellresdm", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config YAML (default: the built-in defaults, i.e. the demo)")
@@ -93,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     gt = sub.add_parser("groundtruth", help="CellProfiler labels of one plate")
     gt.add_argument("plate")
     gt.add_argument("--workers", type=int, default=1)
+    train = sub.add_parser("train", help="train one method (under torchrun: data parallel)")
+    train.add_argument("method")
+    train.add_argument("--dataset", help="default: RESULTS/datasets/train.zarr")
+    train.add_argument("--out-dir", help="default: RESULTS/models/METHOD")
+    sub.add_parser("sample", help="sample one trained method on the test split").add_argument("method")
     sub.add_parser("dataset", help="zarr dataset of one split").add_argument("split", choices=["train", "val", "test"])
     return parser
 

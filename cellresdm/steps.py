@@ -218,6 +218,42 @@ def train_method(name: str, config: dict[str, Any], dataset_path: str, out_dir: 
     return trainer.train()
 
 
+def launch_training(name: str, config: dict[str, Any], dataset_path: str, out_dir: str, gpus: int) -> Path:
+    """Train on one process, or on ``gpus`` GPUs with one torchrun process each (DDP; global batch = gpus x batch).
+
+    The workers run ``cellresdm train`` with the validated config written beside the model as JSON.
+    """
+    if gpus <= 1:
+        return train_method(name, config, dataset_path, out_dir)
+    import subprocess
+    import sys
+
+    config_file = Path(out_dir) / "launch_config.json"
+    io.write_text(config_file, json.dumps(config, indent=2, default=str))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "cellresdm.cli",
+        "--config",
+        str(config_file),
+        "train",
+        name,
+        "--dataset",
+        dataset_path,
+        "--out-dir",
+        out_dir,
+    ]
+    log.info("launching %d-GPU training: %s", gpus, " ".join(cmd))
+    result = subprocess.run(cmd, check=False)
+    if result.returncode != 0:
+        raise CellResDMError(f"distributed training of {name} failed (exit {result.returncode}); see the log above")
+    return Path(out_dir) / "model.pt"
+
+
 def sample_method(
     name: str, model_path: str, dataset_path: str, out: str, benchmark_out: str, settings: dict[str, Any]
 ) -> dict[str, Any]:

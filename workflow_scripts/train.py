@@ -1,7 +1,13 @@
-"""Snakemake adapter: train one method."""
+"""Snakemake adapter: train one method (on every GPU the job was given)."""
 
 from cellresdm.logs import step_logging
-from cellresdm.steps import train_method
+from cellresdm.steps import launch_training
 
 with step_logging(snakemake.log[0]):
-    train_method(snakemake.wildcards.method, snakemake.params.config, snakemake.input.dataset, snakemake.params.out_dir)
+    launch_training(
+        snakemake.wildcards.method,
+        snakemake.params.config,
+        snakemake.input.dataset,
+        snakemake.params.out_dir,
+        gpus=int(snakemake.resources.get("gpu", 0) or 0),
+    )

@@ -41,6 +41,9 @@ class CellResDM(Method):
             num_res_blocks=section["num_res_blocks"],
             swin_depth=section["swin_depth"],
             window_size=section["window_size"],
+            # Swin blocks below full resolution, at most two levels (ResShift skips full resolution and the
+            # deepest level): (1, 2) for the paper's [1, 2, 2, 4] and the demo's [1, 2, 2]
+            swin_levels=tuple(range(1, min(3, len(section["channel_mult"])))),
         )
         return cls(schedule, net, loss_weighting=section["loss_weighting"])
 

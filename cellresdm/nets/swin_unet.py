@@ -23,7 +23,8 @@ Multiples of ``2**max(swin level) * window_size`` always work (64 for the paper 
 :meth:`SwinUNet.check_input_size` raises ``ValueError`` naming the sizes otherwise.
 
 Measured parameter counts (``count_parameters``): paper size (160, (1,2,2,4), 2 res blocks, Swin depth 2, window 8,
-4 heads, swin_levels (-3,-2,-1) + middle) 133,980,391; demo size (32, (1,2,2)) 2,530,919.
+4 heads, default swin_levels (1, 2) + middle) 143,748,127 (109,222,087 of them outside the Swin layers; ResShift
+reports ~118M); demo size (32, (1,2,2), otherwise defaults) 2,767,199.
 """
 
 from __future__ import annotations
@@ -332,15 +333,21 @@ class SwinUNet(nn.Module):
             heads = cfg.num_heads
         return SwinLayer(ch, cfg.swin_depth, heads, cfg.window_size, cfg.mlp_ratio, cfg.dropout, cfg.use_checkpoint)
 
+    @property
+    def size_multiple(self) -> int:
+        """Sizes that are multiples of this always pass :meth:`check_input_size` (what a tiled sampler pads to)."""
+        cfg = self.config
+        levels = set(self.swin_levels) | ({len(cfg.channel_mult) - 1} if cfg.swin_in_middle else set())
+        factor = 2 ** (len(cfg.channel_mult) - 1)
+        return max(factor, 2 ** max(levels) * cfg.window_size) if levels else factor
+
     def check_input_size(self, h: int, w: int) -> None:
         """Raise ``ValueError`` naming the sizes unless (h, w) passes through every level (see module doc)."""
         cfg = self.config
         n_levels = len(cfg.channel_mult)
         factor = 2 ** (n_levels - 1)
         if h % factor or w % factor:
-            raise ValueError(
-                f"input size {h}x{w}: H and W must be divisible by 2**(len(channel_mult)-1) = {factor}"
-            )
+            raise ValueError(f"input size {h}x{w}: H and W must be divisible by 2**(len(channel_mult)-1) = {factor}")
         levels = set(self.swin_levels) | ({n_levels - 1} if cfg.swin_in_middle else set())
         ws = cfg.window_size
         for lvl in sorted(levels):

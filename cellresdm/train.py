@@ -1,0 +1,640 @@
+"""The shared trainer every method uses: AdamW, warmup + cosine LR, EMA, checkpoints with exact resume, DDP.
+
+Determinism: every source of randomness is a pure function of ``settings.seed`` and a counter, so no RNG
+state is saved and a resumed run is bit-for-bit the uninterrupted one on CPU:
+
+* data order: epoch ``e`` visits the dataset in the permutation drawn from a generator seeded by
+  ``(seed, e)`` (:class:`EpochBatchSampler`), cut into ``len(dataset) // (batch_size * world_size)`` full
+  batches (the rest is dropped); ``dataset.set_epoch(e)`` is called first where the dataset has it. A
+  resume in the middle of an epoch continues with exactly that epoch's remaining batches.
+* the step: ``loss_fn`` gets a CPU ``torch.Generator`` seeded by ``(seed, step, rank)``
+  (:func:`step_generator`) for its timesteps, noise, condition dropout...; the global torch RNG is also
+  reseeded from ``(seed, step, rank)`` before each step, so layers that draw from it (``nn.Dropout``) are
+  reproducible too.
+
+Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) the trainer joins the process group (NCCL on CUDA,
+Gloo on CPU), wraps the model in DistributedDataParallel and gives each rank its slice of every global
+batch. ``batch_size`` is the per-rank batch; the global batch is ``batch_size * world_size``. Only rank 0
+writes files, logs and draws a progress bar; the EMA and the checkpoints hold the unwrapped module.
+
+Files in ``out_dir`` (each written to a temporary sibling and renamed into place):
+
+* ``checkpoint.pt``: model, EMA, optimizer, schedule, step, epoch and batch in epoch, settings; written
+  every ``checkpoint_every`` steps and at the end; a rerun resumes from it.
+* ``train_log.csv``: one row per step (step, epoch, loss, lr, grad_norm, seconds, samples_per_s); written
+  with each checkpoint, and kept across resumes up to the checkpointed step.
+* ``model.pt``: ``{"config", "settings", "step", "model", "ema"}`` at the end; read by
+  :func:`load_model_weights`. Its presence with ``step == settings.steps`` marks a finished run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from cellresdm.errors import CellResDMError, ConfigError
+from cellresdm.io import atomic_path
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "LOG_COLUMNS",
+    "LOG_NAME",
+    "MODEL_NAME",
+    "EpochBatchSampler",
+    "LossFn",
+    "TrainSettings",
+    "Trainer",
+    "derive_seed",
+    "load_model_weights",
+    "lr_at",
+    "step_generator",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+LOG_NAME = "train_log.csv"
+LOG_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "seconds", "samples_per_s")
+
+#: Settings that change which batches and which randomness each step sees: a checkpoint that differs in any
+#: of them cannot be resumed. The others (lr, steps, ...) may change between runs; a resume warns and uses
+#: the new values.
+_RESUME_KEYS = ("batch_size", "seed")
+
+# stream tags of derive_seed, so the data order, the step generator and the global RNG never share a seed
+_DATA, _STEP, _GLOBAL = 0, 1, 2
+
+#: ``loss_fn(model, batch, generator) -> scalar loss``: ``model`` is the (possibly DDP-wrapped) network,
+#: ``batch`` the collated dataset items on the training device, ``generator`` a CPU generator that supplies
+#: all randomness of the step.
+LossFn = Callable[[nn.Module, dict[str, Tensor], torch.Generator], Tensor]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings (config section ``train``).
+
+    Attributes:
+        steps: optimizer steps of the run.
+        batch_size: batch per process (the global batch is ``batch_size * world_size`` under torchrun).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW (decoupled) weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warmup from ``lr / warmup_steps`` to ``lr`` over the first steps.
+        min_lr_ratio: the cosine decays from ``lr`` to ``lr * min_lr_ratio`` at ``steps`` (see :func:`lr_at`).
+        ema_decay: per-step decay of the weight EMA used for sampling.
+        grad_clip: max global gradient norm; 0 turns clipping off (the norm is still logged).
+        checkpoint_every: steps between checkpoints (one is also written at the end).
+        log_every: steps between log lines.
+        seed: seed of the data order and of every step's randomness.
+        num_workers: DataLoader worker processes.
+        amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` (always) or ``"off"``.
+    """
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    amp: str = "auto"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+
+        def need(ok: bool, field: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"train.{field} must be {rule}, got {getattr(self, field)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return (
+                isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) and math.isfinite(v)
+            )
+
+        need(is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(is_num(self.lr) and self.lr > 0, "lr", "a number > 0")
+        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        need(
+            isinstance(self.betas, tuple | list)
+            and len(self.betas) == 2
+            and all(is_num(b) and 0 <= b < 1 for b in self.betas),
+            "betas",
+            "two numbers in [0, 1)",
+        )
+        need(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
+        need(is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]")
+        need(is_num(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)")
+        need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0 = off)")
+        need(is_int(self.checkpoint_every) and self.checkpoint_every >= 1, "checkpoint_every", "an integer >= 1")
+        need(is_int(self.log_every) and self.log_every >= 1, "log_every", "an integer >= 1")
+        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
+        need(is_int(self.num_workers) and self.num_workers >= 0, "num_workers", "an integer >= 0")
+        need(self.amp in ("auto", "bf16", "off"), "amp", "'auto', 'bf16' or 'off'")
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that is a fixed function of the non-negative integers ``keys``."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator handed to ``loss_fn`` at 0-based ``step`` on ``rank``."""
+    return torch.Generator().manual_seed(derive_seed(seed, _STEP, step, rank))
+
+
+def lr_at(step: int, settings: TrainSettings) -> float:
+    """Learning rate of the optimizer step with 0-based index ``step`` (0 <= step <= settings.steps).
+
+    Linear warmup ``lr * (step + 1) / warmup_steps`` while ``step < warmup_steps`` (reaching ``lr`` at step
+    ``warmup_steps - 1``), then a half cosine from ``lr`` at ``warmup_steps`` to ``lr * min_lr_ratio`` at
+    ``steps``: ``lr * (r + (1 - r) * (1 + cos(pi * p)) / 2)`` with ``p = (step - warmup) / (steps - warmup)``.
+    """
+    s = settings
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
+    r = s.min_lr_ratio
+    return s.lr * (r + (1 - r) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """The batches of one epoch for one rank: a seeded permutation cut into full global batches.
+
+    Global batch ``b`` is ``perm[b * G:(b + 1) * G]`` with ``G = batch_size * world_size``; rank ``r`` takes
+    its ``r``-th slice of ``batch_size``. Iteration starts at batch ``start_batch`` (a resume mid-epoch).
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        global_batch = batch_size * world_size
+        if dataset_size < global_batch:
+            raise CellResDMError(
+                f"the dataset has {dataset_size} items, fewer than one batch of {global_batch} "
+                f"(batch_size {batch_size} x {world_size} processes)"
+            )
+        self.dataset_size = dataset_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+        self.world_size = world_size
+        self.batches_per_epoch = dataset_size // global_batch
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} is outside the epoch's {self.batches_per_epoch} batches")
+        self.start_batch = start_batch
+
+    def permutation(self) -> Tensor:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, _DATA, self.epoch))
+        return torch.randperm(self.dataset_size, generator=gen)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = self.permutation().tolist()
+        global_batch = self.batch_size * self.world_size
+        for b in range(self.start_batch, self.batches_per_epoch):
+            first = b * global_batch + self.rank * self.batch_size
+            yield perm[first : first + self.batch_size]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises several types for a corrupt or foreign file
+        raise CellResDMError(f"{path}: not a readable CellResDM checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CellResDMError(f"{path}: not a CellResDM checkpoint (no model weights)")
+    return obj
+
+
+def load_model_weights(path: str | os.PathLike, model: nn.Module, ema: bool = True) -> dict[str, Any]:
+    """Load the EMA weights (``ema=True``, for sampling) or the raw weights of ``model.pt`` (or a
+    ``checkpoint.pt``) into ``model``; return the checkpoint's config."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellResDMError(f"{path}: model file is missing (train the method first)")
+    checkpoint = _load(path)
+    key = "ema" if ema else "model"
+    if key not in checkpoint:
+        raise CellResDMError(f"{path}: checkpoint has no {key!r} weights")
+    try:
+        model.load_state_dict(checkpoint[key])
+    except RuntimeError as exc:
+        raise CellResDMError(f"{path}: {key} weights do not fit the model: {exc}") from exc
+    return checkpoint.get("config") or {}
+
+
+@torch.no_grad()
+def _update_ema(ema: list[Tensor], params: list[Tensor], ema_buffers: list[Tensor], buffers: list[Tensor], decay):
+    torch._foreach_lerp_(ema, params, 1.0 - decay)  # ema += (1 - decay) * (param - ema)
+    for e, b in zip(ema_buffers, buffers, strict=True):
+        e.copy_(b)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _shape_mismatches(saved: dict[str, Tensor], current: dict[str, Tensor]) -> list[str]:
+    out = [f"{k} missing from checkpoint" for k in current if k not in saved]
+    out += [f"{k} not in model" for k in saved if k not in current]
+    out += [
+        f"{k}: {tuple(saved[k].shape)} vs {tuple(current[k].shape)}"
+        for k in current
+        if k in saved and tuple(saved[k].shape) != tuple(current[k].shape)
+    ]
+    return out
+
+
+class Trainer:
+    """Train ``model`` by minimising ``loss_fn`` over ``dataset``; see the module docstring.
+
+    Args:
+        model: the network (left on the training device; its weights end as the raw trained weights).
+        loss_fn: ``loss_fn(model, batch, generator) -> scalar tensor``.
+        dataset: map-style dataset of dicts of tensors (``set_epoch(epoch)`` is called where present).
+        settings: optimisation settings (validated here).
+        out_dir: folder of ``checkpoint.pt``, ``train_log.csv`` and ``model.pt``.
+        config: stored in ``model.pt`` (what is needed to rebuild the method).
+        log: logger (default: this module's).
+        progress: draw a tqdm bar (rank 0 only).
+        device: training device; default ``cuda`` (``cuda:LOCAL_RANK`` under torchrun) if available, else cpu.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        dataset: Dataset,
+        settings: TrainSettings,
+        out_dir: str | os.PathLike,
+        config: dict | None = None,
+        log: logging.Logger | None = None,
+        progress: bool = True,
+        device: str | torch.device | None = None,
+    ):
+        settings.validate()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.dataset = dataset
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.config = dict(config) if config else {}
+        self.log = log or logging.getLogger(__name__)
+        self.progress = progress
+        self.requested_device = device
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        self.model_path = self.out_dir / MODEL_NAME
+        self.log_path = self.out_dir / LOG_NAME
+
+    # -- setup -----------------------------------------------------------------------------------------------
+
+    def _resolve_device(self, world_size: int) -> torch.device:
+        if self.requested_device is not None:
+            return torch.device(self.requested_device)
+        if torch.cuda.is_available():
+            if world_size > 1:
+                local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+                return torch.device("cuda", local_rank)
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        amp = self.settings.amp
+        if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _check_compatible(self, path: Path, saved: dict[str, Any], world_size: int, dataset_size: int) -> None:
+        """Raise if the run saved at ``path`` cannot be continued with the current settings, data and model."""
+        problems = []
+        old = saved.get("settings") or {}
+        new = asdict(self.settings)
+        for key in _RESUME_KEYS:
+            if old.get(key) != new[key]:
+                problems.append(f"{key} {old.get(key)!r} (now {new[key]!r})")
+        for key, now in (("world_size", world_size), ("dataset_size", dataset_size)):
+            if key in saved and saved[key] != now:
+                problems.append(f"{key} {saved[key]!r} (now {now!r})")
+        mismatches = _shape_mismatches(saved["model"], self._raw_model.state_dict())
+        if mismatches:
+            more = f" and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
+            problems.append(f"model weights differ: {'; '.join(mismatches[:3])}{more}")
+        if problems:
+            raise CellResDMError(
+                f"{path} comes from an incompatible run: {', '.join(problems)}. Delete {path.parent} "
+                "(or its checkpoint.pt and model.pt) to start over, or train into another out_dir"
+            )
+
+    # -- files (rank 0) --------------------------------------------------------------------------------------
+
+    def _read_log_rows(self, upto_step: int) -> list[dict[str, Any]]:
+        if not self.log_path.is_file():
+            if upto_step > 0:
+                self.log.warning("%s is missing; the log restarts at step %d", self.log_path, upto_step + 1)
+            return []
+        table = pd.read_csv(self.log_path)  # pandas >= 3 parses floats round-trip exactly
+        table = table[table["step"] <= upto_step]
+        return table.to_dict("records")
+
+    def _write_log(self, rows: list[dict[str, Any]]) -> None:
+        with atomic_path(self.log_path) as tmp:
+            pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(tmp, index=False)
+
+    def _save(self, obj: dict[str, Any], path: Path) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+
+    # -- training --------------------------------------------------------------------------------------------
+
+    def train(self, stop_after: int | None = None) -> Path:
+        """Train to ``settings.steps`` (resuming from ``out_dir/checkpoint.pt`` if present) and return
+        ``out_dir/model.pt``. A finished run (``model.pt`` at ``settings.steps``) returns at once.
+
+        ``stop_after`` ends the run early after that many steps (counting from step 0, not from the
+        resume) without writing anything beyond the regular checkpoints, as an interruption would; it then
+        returns the checkpoint path.
+        """
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        device = self._resolve_device(world_size)
+        owns_group = False
+        if world_size > 1 and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            owns_group = True
+        try:
+            return self._train(device, world_size, stop_after)
+        finally:
+            if owns_group:
+                dist.destroy_process_group()
+
+    def _train(self, device: torch.device, world_size: int, stop_after: int | None) -> Path:
+        s = self.settings
+        distributed = world_size > 1 and dist.is_initialized()
+        rank = dist.get_rank() if distributed else 0
+        if distributed and dist.get_world_size() != world_size:
+            raise CellResDMError(f"WORLD_SIZE={world_size} but the process group has {dist.get_world_size()}")
+        main = rank == 0
+        log = self.log
+        if not main:  # only rank 0 logs; the others keep their warnings
+            log = logging.getLogger(f"{__name__}.rank{rank}")
+            log.setLevel(logging.WARNING)
+        self._raw_model = self.model
+        dataset_size = len(self.dataset)  # type: ignore[arg-type]
+        global_batch = s.batch_size * world_size
+        if dataset_size < global_batch:
+            raise CellResDMError(
+                f"the dataset has {dataset_size} items, fewer than one batch of {global_batch} "
+                f"(batch_size {s.batch_size} x {world_size} processes)"
+            )
+        batches_per_epoch = dataset_size // global_batch
+
+        if self.model_path.is_file():
+            finished = _load(self.model_path)
+            self._check_compatible(self.model_path, finished, world_size, dataset_size)
+            if finished.get("step") == s.steps:
+                log.info("%s is complete (%d steps); nothing to train", self.model_path, s.steps)
+                return self.model_path
+
+        torch.manual_seed(s.seed)
+        model = self.model.to(device)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr_at(0, s), betas=tuple(s.betas), weight_decay=s.weight_decay
+        )
+        ema_model = _copy_for_ema(model)
+
+        start_step = 0
+        rows: list[dict[str, Any]] = []
+        if self.checkpoint_path.is_file():
+            checkpoint = _load(self.checkpoint_path)
+            self._check_compatible(self.checkpoint_path, checkpoint, world_size, dataset_size)
+            start_step = int(checkpoint["step"])
+            if start_step > s.steps:
+                raise CellResDMError(
+                    f"{self.checkpoint_path} is at step {start_step}, beyond train.steps={s.steps}: raise steps, "
+                    f"or delete {self.out_dir} to start over"
+                )
+            model.load_state_dict(checkpoint["model"])
+            ema_model.load_state_dict(checkpoint["ema"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            changed = [k for k, v in asdict(s).items() if k not in _RESUME_KEYS and checkpoint["settings"].get(k) != v]
+            if changed and main:
+                log.warning("resuming with changed settings (the new values apply): %s", ", ".join(changed))
+            log.info("resuming %s from step %d of %d", self.checkpoint_path, start_step, s.steps)
+            if main:
+                rows = self._read_log_rows(start_step)
+            del checkpoint
+        for group in optimizer.param_groups:  # the current settings rule, also after a resume
+            group["betas"] = tuple(s.betas)
+            group["weight_decay"] = s.weight_decay
+
+        net: nn.Module = model
+        if distributed:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        params = [p for p in model.parameters()]
+        ema_params = [p for p in ema_model.parameters()]
+        buffers = [b for b in model.buffers()]
+        ema_buffers = [b for b in ema_model.buffers()]
+        grads_of = [p for p in params if p.requires_grad]
+
+        def barrier() -> None:
+            if distributed:
+                dist.barrier()
+
+        def checkpoint_now(step: int, epoch: int, batch_in_epoch: int, final: bool) -> None:
+            barrier()
+            if main:
+                state = {
+                    "config": self.config,
+                    "settings": asdict(s),
+                    "step": step,
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_in_epoch,
+                    "world_size": world_size,
+                    "dataset_size": dataset_size,
+                    "model": model.state_dict(),
+                    "ema": ema_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": {"kind": "warmup_cosine", "step": step, "lr": lr_at(step, s)},
+                }
+                # the log first: a crash after it leaves rows past the old checkpoint, which a resume drops
+                self._write_log(rows)
+                self._save(state, self.checkpoint_path)
+                if final:
+                    self._save(
+                        {
+                            "config": self.config,
+                            "settings": asdict(s),
+                            "step": step,
+                            "world_size": world_size,
+                            "dataset_size": dataset_size,
+                            "model": state["model"],
+                            "ema": state["ema"],
+                        },
+                        self.model_path,
+                    )
+            barrier()
+
+        if main:
+            log.info(
+                "training %d steps from step %d on %s: %d items, batch %d x %d processes, %d batches per epoch",
+                s.steps,
+                start_step,
+                device,
+                dataset_size,
+                s.batch_size,
+                world_size,
+                batches_per_epoch,
+            )
+        bar = tqdm(
+            total=s.steps, initial=start_step, desc="train", disable=not (self.progress and main), dynamic_ncols=True
+        )
+        step = start_step
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        try:
+            model.train()
+            while step < s.steps and (stop_after is None or step < stop_after):
+                epoch, start_batch = divmod(step, batches_per_epoch)
+                sampler = EpochBatchSampler(dataset_size, s.batch_size, s.seed, epoch, start_batch, rank, world_size)
+                if callable(set_epoch):
+                    set_epoch(epoch)
+                loader = DataLoader(
+                    self.dataset,
+                    batch_sampler=sampler,
+                    num_workers=s.num_workers,
+                    pin_memory=device.type == "cuda",
+                )
+                t0 = time.perf_counter()  # a step's seconds include waiting for its batch
+                for batch in loader:
+                    lr = lr_at(step, s)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    generator = step_generator(s.seed, step, rank)
+                    torch.manual_seed(derive_seed(s.seed, _GLOBAL, step, rank))
+                    batch = _to_device(batch, device)
+                    optimizer.zero_grad(set_to_none=True)
+                    with self._autocast(device):
+                        loss = self.loss_fn(net, batch, generator)
+                    if not isinstance(loss, Tensor) or loss.ndim != 0:
+                        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                        raise CellResDMError(f"loss_fn must return a scalar tensor, got {shape} at step {step + 1}")
+                    if not loss.requires_grad:
+                        raise CellResDMError(f"the loss at step {step + 1} does not depend on any trainable weight")
+                    value = loss.detach().float()
+                    if distributed:
+                        value = value.clone()
+                        dist.all_reduce(value)
+                        value /= world_size
+                    loss_value = value.item()
+                    if not math.isfinite(loss_value):
+                        raise CellResDMError(
+                            f"loss is {loss_value} at step {step + 1} of {s.steps} (lr {lr:.3g}); training stopped, "
+                            f"the last checkpoint {self.checkpoint_path} is kept"
+                        )
+                    loss.backward()
+                    if s.grad_clip > 0:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(grads_of, s.grad_clip))
+                    else:
+                        grads = [p.grad for p in grads_of if p.grad is not None]
+                        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+                    if not math.isfinite(grad_norm):
+                        raise CellResDMError(
+                            f"gradient norm is {grad_norm} at step {step + 1} of {s.steps} (loss {loss_value:.4g}); "
+                            f"training stopped, the last checkpoint {self.checkpoint_path} is kept"
+                        )
+                    optimizer.step()
+                    _update_ema(ema_params, params, ema_buffers, buffers, s.ema_decay)
+                    step += 1
+                    seconds = time.perf_counter() - t0
+                    if main:
+                        rows.append(
+                            {
+                                "step": step,
+                                "epoch": epoch,
+                                "loss": loss_value,
+                                "lr": lr,
+                                "grad_norm": grad_norm,
+                                "seconds": seconds,
+                                "samples_per_s": global_batch / seconds if seconds > 0 else float("nan"),
+                            }
+                        )
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
+                        if step % s.log_every == 0 or step == s.steps:
+                            log.info(
+                                "step %d/%d epoch %d: loss %.5f lr %.3g grad_norm %.3g (%.1f samples/s)",
+                                step,
+                                s.steps,
+                                epoch,
+                                loss_value,
+                                lr,
+                                grad_norm,
+                                rows[-1]["samples_per_s"],
+                            )
+                    if step % s.checkpoint_every == 0 or step == s.steps:
+                        e, b = divmod(step, batches_per_epoch)
+                        checkpoint_now(step, e, b, final=step == s.steps)
+                    t0 = time.perf_counter()
+                    if step >= s.steps or (stop_after is not None and step >= stop_after):
+                        break
+        finally:
+            bar.close()
+        if step < s.steps:
+            log.info("stopped after step %d of %d (stop_after)", step, s.steps)
+            return self.checkpoint_path
+        if start_step == s.steps:  # resumed from the final checkpoint of a run whose model.pt was lost
+            checkpoint_now(step, *divmod(step, batches_per_epoch), final=True)
+        log.info("training done: %s", self.model_path)
+        return self.model_path
+
+
+def _copy_for_ema(model: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(model)
+    ema.requires_grad_(False)
+    ema.eval()
+    return ema
