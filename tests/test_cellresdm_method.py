@@ -51,7 +51,7 @@ def test_condition_repeats_the_in_focus_plane_under_the_if_channels():
 def test_overfits_four_fixed_images_and_samples_them(tmp_path):
     method = tiny_method()
     data = FixedImages()
-    settings = TrainSettings(steps=120, batch_size=4, lr=3e-3, warmup_steps=5, ema_decay=0.9, checkpoint_every=120)
+    settings = TrainSettings(steps=250, batch_size=4, lr=3e-3, warmup_steps=5, ema_decay=0.9, checkpoint_every=250)
     model_path = Trainer(
         method.network, method.loss, data, settings, tmp_path, config=method.config(), progress=False
     ).train()
