@@ -576,7 +576,7 @@ def run_cellprofiler(
             failed (the message holds the tail of its output and the path of the full log).
     """
     log = log or logging.getLogger(__name__)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()  # CellProfiler runs in a folder of its own
     index_path = out_dir / "index.parquet"
     with contextlib.suppress(FileNotFoundError):
         index_path.unlink()

@@ -96,12 +96,9 @@ def groundtruth(
     index = run_cellprofiler(
         pd.read_parquet(fields),
         pd.read_parquet(load_data),
-        Path(out_dir).absolute(),
+        Path(out_dir),
         SegmentationSettings(pixel_size_um=settings["pixel_size_um"]),
-        # a relative path is relative to the run's directory, whatever directory CellProfiler runs in
-        cellprofiler=str(Path(settings["cellprofiler"]).absolute())
-        if "/" in settings["cellprofiler"]
-        else settings["cellprofiler"],
+        cellprofiler=settings["cellprofiler"],
         workers=workers,
         log=log,
     )
