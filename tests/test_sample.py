@@ -106,6 +106,7 @@ def test_predict_dataset_writes_mean_std_and_timing(tmp_path):
         SampleSettings(tile=64, n_samples=3),
         benchmark_out=tmp_path / "t.json",
         progress=False,
+        device=torch.device("cpu"),
     )
     out = zarr.open_group(str(tmp_path / "pred.zarr"), mode="r")
     assert out["if"].shape == (n, 5, size, size) and out["boundaries"].shape == (n, 2, size, size)
