@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from cellresdm.errors import ConfigError
 from cellresdm.methods.base import Method
 
+#: Method name -> (module, class). Modules are imported on demand, so a run pays only for the methods it uses.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "cellresdm": ("cellresdm.methods.cellresdm_pixel", "CellResDM"),
+    "unet": ("cellresdm.methods.unet_regression", "UNetRegression"),
+    "pix2pix": ("cellresdm.methods.pix2pix", "Pix2Pix"),
+    "spade": ("cellresdm.methods.spade", "SPADE"),
+}
+
 
 def method_names() -> tuple[str, ...]:
-    return ("cellresdm",)
+    return tuple(_REGISTRY)
 
 
 def build_method(name: str, config: dict[str, Any]) -> Method:
     """Build method ``name`` from the validated pipeline config (its own section and ``train``)."""
-    if name == "cellresdm":
-        from cellresdm.methods.cellresdm_pixel import CellResDM
-
-        return CellResDM.from_config(config)
-    raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    module, cls = _REGISTRY[name]
+    return getattr(importlib.import_module(module), cls).from_config(config)
