@@ -14,6 +14,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "unet": ("cellresdm.methods.unet_regression", "UNetRegression"),
     "pix2pix": ("cellresdm.methods.pix2pix", "Pix2Pix"),
     "spade": ("cellresdm.methods.spade", "SPADE"),
+    "palette": ("cellresdm.methods.palette", "Palette"),
+    "spade_diffusion": ("cellresdm.methods.spade_diffusion", "SpadeDiffusion"),
 }
 
 

@@ -1,0 +1,236 @@
+"""Seconds per image of every method, in one run on one machine and image size (the paper's speed comparison).
+
+Run with `make bench` (or `pytest -s benchmarks/test_bench_methods.py`). Each entry of :func:`entries` samples
+one image (batch 1, float32); network calls are counted and timed with forward hooks. The diffusion baselines
+run at the same backbone size as CellResDM: Palette's UNet keeps CellResDM's channel_mult and residual blocks
+per level, with 4-head attention at the lowest level and in the middle instead of Swin blocks, and takes the
+width (a multiple of 8) whose parameter count is closest. The table prints parameters, FLOPs of one forward
+pass (counted on the first call) and the mean per-call forward time of every network, so the match can be judged.
+
+A long chain (Palette: 1000 steps) may be timed on fewer steps and extrapolated linearly (per-step cost x
+steps; the chain's fixed cost is a few milliseconds); the table then says "extrapolated from N timed steps".
+N is at least 50 (``CELLRESDM_BENCH_TIMED_STEPS``); set it to 1000 to time the whole chain.
+
+Environment (defaults in brackets):
+
+* ``CELLRESDM_BENCH_DEVICE``: ``cpu`` or ``cuda`` [cuda when available].
+* ``CELLRESDM_BENCH_NET``: ``paper`` (CellResDM 160 channels, (1, 2, 2, 4); ~144 M parameters) or ``demo``
+  (32 channels, (1, 2, 2)) [paper on cuda, demo on cpu, so a CPU run ends in a few minutes].
+* ``CELLRESDM_BENCH_SIZE``: image side in pixels [512 on cuda, 128 on cpu].
+* ``CELLRESDM_BENCH_TIMED_STEPS``: Palette steps actually run [1000 on cuda, 50 on cpu].
+* ``CELLRESDM_BENCH_REPEATS``: sampling runs per method, the fastest counts (a shared CPU is noisy) [1 on cuda,
+  3 on cpu].
+
+To add a method, append an :class:`Entry` to :func:`entries` (a builder taking the number of steps to run).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cellresdm.config import validate_config
+from cellresdm.methods import build_method
+from cellresdm.methods.base import Method
+from cellresdm.methods.palette import Palette
+from cellresdm.nets.layers import count_parameters
+from cellresdm.nets.unet import UNet, UNetConfig
+from cellresdm.sample import device_name
+
+PALETTE_STEPS = 1000
+MIN_TIMED_STEPS = 50
+NETS = {"paper": {"model_channels": 160, "channel_mult": [1, 2, 2, 4]}, "demo": {"model_channels": 32}}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A row of the table: ``build(steps)`` returns the method set to run ``steps`` network evaluations per
+    image; ``timed_steps`` (default ``full_steps``) is how many are run, the time being scaled to ``full_steps``."""
+
+    name: str
+    full_steps: int
+    build: Callable[[int], Method]
+    timed_steps: int | None = None
+
+
+def cellresdm_config(net: str) -> dict:
+    return validate_config({"cellresdm": {"steps": 15, "min_noise_level": 0.04, **NETS[net]}})
+
+
+def matched_palette_section(reference: torch.nn.Module, channel_mult: list[int], num_res_blocks: int) -> dict:
+    """Palette config section whose UNet (same levels and blocks, 4-head attention at the lowest level and in
+    the middle) has the parameter count closest to ``reference``'s; widths in multiples of 8."""
+    target = count_parameters(reference)
+
+    def params(width: int) -> int:
+        config = UNetConfig(
+            in_channels=10,
+            model_channels=width,
+            channel_mult=tuple(channel_mult),
+            num_res_blocks=num_res_blocks,
+            attention_levels=(-1,),
+            head_channels=None,
+        )
+        with torch.device("meta"):  # shapes only: no memory, no init
+            return count_parameters(UNet(config))
+
+    width = min(range(8, 1025, 8), key=lambda w: abs(params(w) - target))
+    return {
+        "steps": PALETTE_STEPS,
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "sample_steps": PALETTE_STEPS,
+        "guidance_scale": 0.0,
+        "p_uncond": 0.1,
+        "model_channels": width,
+        "channel_mult": list(channel_mult),
+        "num_res_blocks": num_res_blocks,
+        "attention_levels": [-1],
+        "head_channels": None,
+        "dropout": 0.0,
+    }
+
+
+def entries(net: str, timed_steps: int) -> list[Entry]:
+    """The table's rows: CellResDM (T = 15) and Palette (1000 steps) at the same backbone size."""
+    config = cellresdm_config(net)
+    section = config["cellresdm"]
+    reference = build_method("cellresdm", config).network
+    palette = matched_palette_section(reference, section["channel_mult"], section["num_res_blocks"])
+    return [
+        Entry("cellresdm", section["steps"], lambda steps: build_method("cellresdm", config)),
+        Entry(
+            "palette",
+            PALETTE_STEPS,
+            lambda steps: Palette.from_config({"palette": {**palette, "sample_steps": steps}}),
+            timed_steps=min(timed_steps, PALETTE_STEPS),
+        ),
+    ]
+
+
+class CallTimer:
+    """Counts and times the forward calls of a module (forward hooks; CUDA-synchronised)."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.device = device
+        self.seconds: list[float] = []
+        module.register_forward_pre_hook(self._start)
+        module.register_forward_hook(self._stop)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _start(self, module, args):
+        self.sync()
+        self._t0 = time.perf_counter()
+
+    def _stop(self, module, args, output):
+        self.sync()
+        self.seconds.append(time.perf_counter() - self._t0)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    params: int
+    gflops: float  # one forward pass
+    full_steps: int
+    timed_steps: int
+    seconds: float  # per image, scaled to full_steps
+    forward: float  # mean seconds per network call inside the run
+
+    @property
+    def extrapolated(self) -> bool:
+        return self.timed_steps < self.full_steps
+
+
+class _WarmedUp(Exception):
+    pass
+
+
+def warm_up(method: Method, bf: torch.Tensor, noise: torch.Tensor) -> float:
+    """Run the method's sampler up to the end of its first network call (allocations, kernel selection);
+    return the GFLOPs of that call."""
+
+    def stop(module, args, output):
+        raise _WarmedUp
+
+    handle = method.network.register_forward_hook(stop)
+    flops = FlopCounterMode(display=False)
+    try:
+        with flops:
+            method.sample(bf, noise=noise)
+    except _WarmedUp:
+        pass
+    finally:
+        handle.remove()
+    return flops.get_total_flops() / 1e9
+
+
+def measure(entry: Entry, size: int, device: torch.device, repeats: int = 1) -> Row:
+    """Sample one (size x size) image with ``entry``'s method on ``device``; the fastest of ``repeats`` runs."""
+    steps = entry.timed_steps or entry.full_steps
+    if steps < entry.full_steps and steps < MIN_TIMED_STEPS:
+        raise ValueError(f"{entry.name}: time at least {MIN_TIMED_STEPS} steps to extrapolate, not {steps}")
+    torch.manual_seed(0)
+    method = entry.build(steps)
+    network = method.network.to(device).eval()
+    bf = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    noise = torch.randn(method.noise_shape(1, size, size), generator=torch.Generator().manual_seed(1)).to(device)
+    gflops = warm_up(method, bf, noise)
+    timer = CallTimer(network, device)
+    runs = []
+    for _ in range(repeats):
+        timer.sync()
+        start = time.perf_counter()
+        method.sample(bf, noise=noise)
+        timer.sync()
+        runs.append((time.perf_counter() - start, timer.seconds[-steps:]))
+    assert len(timer.seconds) == repeats * steps, (entry.name, len(timer.seconds), repeats * steps)
+    seconds, calls = min(runs, key=lambda run: run[0])
+    return Row(
+        name=entry.name,
+        params=count_parameters(network),
+        gflops=gflops,
+        full_steps=entry.full_steps,
+        timed_steps=steps,
+        seconds=seconds * entry.full_steps / steps,
+        forward=sum(calls) / steps,
+    )
+
+
+def test_seconds_per_image_of_every_method():
+    device = torch.device(os.environ.get("CELLRESDM_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    net = os.environ.get("CELLRESDM_BENCH_NET", "paper" if cuda else "demo")
+    size = int(os.environ.get("CELLRESDM_BENCH_SIZE", 512 if cuda else 128))
+    timed = int(os.environ.get("CELLRESDM_BENCH_TIMED_STEPS", PALETTE_STEPS if cuda else MIN_TIMED_STEPS))
+    repeats = int(os.environ.get("CELLRESDM_BENCH_REPEATS", 1 if cuda else 3))
+    rows = [measure(entry, size, device, repeats) for entry in entries(net, timed)]
+    where = device_name(device)
+    print(
+        f"\n[bench] seconds per image, {size}x{size}, batch 1, float32, {net}-size networks, best of {repeats} "
+        f"runs, on {where}"
+    )
+    print(f"{'method':<12} {'params (M)':>10} {'GFLOP/fwd':>9} {'net evals':>9} {'s/image':>9} {'s/forward':>10}  note")
+    for row in rows:
+        note = f"extrapolated from {row.timed_steps} timed steps" if row.extrapolated else "all steps timed"
+        print(
+            f"{row.name:<12} {row.params / 1e6:>10.2f} {row.gflops:>9.1f} {row.full_steps:>9} {row.seconds:>9.2f} "
+            f"{row.forward:>10.4f}  {note}"
+        )
+    by_name = {row.name: row for row in rows}
+    ours, palette = by_name["cellresdm"], by_name["palette"]
+    ratio = palette.seconds / ours.seconds
+    print(
+        f"[bench] Palette ({palette.full_steps} steps) / CellResDM (T={ours.full_steps}): {ratio:.1f}x faster "
+        f"(acceptance >= 50x: {'met' if ratio >= 50 else 'NOT met'}); Palette's network has "
+        f"{palette.params / ours.params:.2f}x the parameters, {palette.gflops / ours.gflops:.2f}x the FLOPs and "
+        f"{palette.forward / ours.forward:.2f}x the per-step forward time of CellResDM's"
+    )
