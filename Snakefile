@@ -12,6 +12,7 @@ wildcard_constraints:
     plate="[A-Za-z0-9_-]+",
     split="train|val|test",
     method="|".join(config["methods"]) or "none",
+    baseline="stardist_bf|stardist_if",
 
 
 include: "rules/download.smk"
@@ -20,6 +21,8 @@ include: "rules/groundtruth.smk"
 include: "rules/dataset.smk"
 include: "rules/train.smk"
 include: "rules/sample.smk"
+include: "rules/segmentation.smk"
+include: "rules/stardist.smk"
 include: "rules/evaluate.smk"
 
 

@@ -71,6 +71,8 @@ def all_outputs():
         outputs += expand(
             f"{RESULTS}/benchmarks/sample_{{method}}.json", method=config["methods"]
         )
+    if has_model_splits() and segmentation_sources():
+        outputs.append(f"{RESULTS}/segmentation/segmentation_summary.csv")
     return outputs
 
 
@@ -113,6 +115,31 @@ def method_predictions():
     return expand(
         f"{RESULTS}/predictions/{{method}}/test.zarr", method=config["methods"]
     )
+
+
+def stardist_sources():
+    """The enabled StarDist baselines; they need a val split to optimise their thresholds."""
+    if "val" not in cfg.splits(config):
+        return []
+    return list(config["stardist"]["baselines"])
+
+
+def segmentation_sources():
+    """Every source of nuclei instances: each method's predicted boundaries, then the StarDist baselines."""
+    return list(config["methods"]) + stardist_sources()
+
+
+def segmentation_instances():
+    return [
+        f"{RESULTS}/segmentation/{source}_instances.zarr"
+        for source in segmentation_sources()
+    ]
+
+
+def segmentation_tables():
+    return [
+        f"{RESULTS}/segmentation/{source}.parquet" for source in segmentation_sources()
+    ]
 
 
 def has_model_splits():

@@ -40,6 +40,7 @@ TINY_CONFIG = {
     "cellresdm": {"steps": 4, "min_noise_level": 0.2, "model_channels": 16, "channel_mult": [1, 2], "crop_size": 64},
     "train": {"steps": 6, "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 4},
     "sample": {"tile": 128, "overlap": 32, "batch_size": 4},
+    "stardist": {"epochs": 2, "steps_per_epoch": 3, "patch_size": 64, "batch_size": 2, "unet_n_filter_base": 8},
 }
 
 
@@ -83,6 +84,11 @@ def test_dry_run_of_the_demo_plans_every_stage():
         "train",
         "sample",
         "image_quality",
+        "segment",
+        "stardist_bf",
+        "stardist_if",
+        "stardist_predict",
+        "segmentation_scores",
     ]:
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the plan"
 
@@ -189,6 +195,16 @@ def test_tiny_end_to_end_run(tmp_path):
     assert predictions["boundaries_binary"].shape == (3, 2, 192, 192)
     timing = json.loads((results / "benchmarks" / "sample_cellresdm.json").read_text())
     assert timing["steps"] == 4 and timing["seconds_per_image"] > 0 and timing["fields"] == 3
+    for source in ("cellresdm", "stardist_bf", "stardist_if"):
+        instances = zarr.open_group(str(results / "segmentation" / f"{source}_instances.zarr"), mode="r")
+        assert instances["nuclei"].shape == (3, 192, 192)
+        scores = pd.read_parquet(results / "segmentation" / f"{source}.parquet")
+        assert set(scores["tau"].round(1)) == {round(0.1 * k, 1) for k in range(1, 10)}
+        assert set(scores["object"]) == ({"nuclei", "cells"} if source == "cellresdm" else {"nuclei"})
+    seg_summary = pd.read_csv(results / "segmentation" / "segmentation_summary.csv")
+    assert set(seg_summary["source"]) == {"cellresdm", "stardist_bf", "stardist_if"}
+    assert seg_summary["f1"].between(0, 1).all()
+    assert (results / "segmentation" / "fig7_stardist.png").stat().st_size > 1000
     quality = pd.read_csv(results / "metrics" / "image_quality_summary.csv")
     assert set(quality["method"]) == {"cellresdm", "bf_copy"} and len(quality) == 10
     assert quality["ssim"].between(-1, 1).all() and (quality["psnr"] > 0).all()
