@@ -82,6 +82,15 @@ def check_config(config: dict[str, Any]) -> None:
     repeated = sorted(k for k, n in Counter(ids).items() if n > 1)
     if repeated:
         raise ConfigError(f"config key 'plates': plate id(s) listed more than once: {', '.join(repeated)}")
+    if config["methods"] and config["reference"] not in config["methods"]:
+        raise ConfigError(
+            f"config key 'reference': {config['reference']!r} is not an enabled method ({', '.join(config['methods'])})"
+        )
+    segmentation = config["segmentation"]
+    if not any(abs(segmentation["ttest_tau"] - tau) < 1e-9 for tau in segmentation["taus"]):
+        raise ConfigError(
+            f"config key 'segmentation.ttest_tau': {segmentation['ttest_tau']} is not one of segmentation.taus"
+        )
     if config["source"] == "demo":
         from cellresdm.synth import cell_lines
 

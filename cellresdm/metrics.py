@@ -79,6 +79,39 @@ def image_quality(
     return table
 
 
+#: Image-quality metrics and whether higher values are better.
+QUALITY_METRICS: dict[str, bool] = {"mse": False, "psnr": True, "ssim": True, "pearson": True}
+
+
+def quality_ttests(table: pd.DataFrame, reference: str = "cellresdm") -> pd.DataFrame:
+    """Paired t-tests of the reference method against every other source (methods and the trivial BF copy) on the
+    same test images, per IF channel and metric (:data:`QUALITY_METRICS`).
+
+    Args:
+        table: :func:`image_quality` rows (method, index, channel and the metrics).
+        reference: the method compared with every other.
+
+    Returns:
+        One row per other source, channel and metric: reference, other, channel, metric and the columns of
+        :func:`cellresdm.stats.paired_ttest` (``better`` honours the metric's direction: lower MSE is better).
+        Empty (with these columns) when the reference is not in the table.
+    """
+    from cellresdm.stats import paired_ttest
+
+    columns = ["reference", "other", "channel", "metric", "n", "mean_reference", "mean_other", "mean_difference"]
+    columns += ["t", "p", "better", "significant"]
+    rows = []
+    ref = table[table["method"] == reference]
+    for other in (m for m in table["method"].unique() if m != reference and not ref.empty):
+        pairs = ref.merge(table[table["method"] == other], on=["index", "channel"], suffixes=("_ref", "_other"))
+        for channel in layout.IF_CHANNELS:
+            rows_of = pairs[pairs["channel"] == channel]
+            for metric, higher in QUALITY_METRICS.items():
+                test = paired_ttest(rows_of[f"{metric}_ref"], rows_of[f"{metric}_other"], higher_is_better=higher)
+                rows.append({"reference": reference, "other": other, "channel": channel, "metric": metric, **test})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def summarise_quality(table: pd.DataFrame) -> pd.DataFrame:
     """Mean metrics per method and channel, with each method's SSIM gain over the trivial BF copy."""
     summary = table.groupby(["method", "channel"], sort=False)[["mse", "psnr", "ssim", "pearson"]].mean()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 from cellresdm import layout
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import atomic_path, write_parquet
+from cellresdm.stats import paired_ttest
 
 _LOG = logging.getLogger("cellresdm")
 
@@ -98,7 +98,6 @@ FIG6_OTHERS: tuple[str, ...] = ("pix2pix",)
 FIG6_OBJECTS: tuple[str, ...] = ("nuclei", "cells")
 FIG7_OTHERS: tuple[str, ...] = ("stardist_bf", "stardist_if")
 FIG7_OBJECTS: tuple[str, ...] = ("nuclei",)
-_ALPHA = 0.05
 _SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Fixed colours keep a source's colour the same in every figure.
 _COLOURS = {"cellresdm": "#1f77b4", "pix2pix": "#ff7f0e", "stardist_bf": "#2ca02c", "stardist_if": "#d62728"}
@@ -333,8 +332,6 @@ def paired_ttests(tables: Mapping[str, pd.DataFrame], reference: str = "cellresd
     Raises:
         CellResDMError: the reference is not in ``tables`` or a table has no rows at ``tau``.
     """
-    from scipy.stats import ttest_rel
-
     if reference not in tables:
         raise CellResDMError(f"paired t-tests: reference source {reference!r} has no scores ({', '.join(tables)})")
     ref = _at_tau(tables[reference], tau, reference, "image")
@@ -357,33 +354,8 @@ def paired_ttests(tables: Mapping[str, pd.DataFrame], reference: str = "cellresd
                 _LOG.warning("paired t-tests: %s and %s share no %s images", reference, other, obj)
                 continue
             for metric in TTEST_METRICS:
-                x = pairs[f"{metric}_ref"].to_numpy(dtype=float)
-                y = pairs[f"{metric}_other"].to_numpy(dtype=float)
-                d = x - y
-                if len(d) < 2 or np.all(d == d[0]):
-                    t, p = float("nan"), float("nan")
-                else:
-                    with warnings.catch_warnings():  # near-constant differences: scipy's precision-loss notice
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        res = ttest_rel(x, y)
-                    t, p = float(res.statistic), float(res.pvalue)
-                diff = float(d.mean())
-                rows.append(
-                    {
-                        "reference": reference,
-                        "other": other,
-                        "object": obj,
-                        "metric": metric,
-                        "n": len(d),
-                        "mean_reference": float(x.mean()),
-                        "mean_other": float(y.mean()),
-                        "mean_difference": diff,
-                        "t": t,
-                        "p": p,
-                        "better": "reference" if diff > 0 else "other" if diff < 0 else "tie",
-                        "significant": bool(p < _ALPHA) if np.isfinite(p) else False,
-                    }
-                )
+                test = paired_ttest(pairs[f"{metric}_ref"], pairs[f"{metric}_other"])
+                rows.append({"reference": reference, "other": other, "object": obj, "metric": metric, **test})
     return pd.DataFrame(rows, columns=list(TTEST_COLUMNS))
 
 

@@ -268,16 +268,25 @@ def sample_method(
 
 
 def evaluate_quality(
-    dataset_path: str, methods: list[str], predictions: list[str], out: str, summary_out: str
+    dataset_path: str,
+    methods: list[str],
+    predictions: list[str],
+    out: str,
+    summary_out: str,
+    ttests_out: str,
+    reference: str = "cellresdm",
 ) -> pd.DataFrame:
-    """Image-quality table of every method (and the trivial BF copy) on a split, and its per-channel summary."""
-    from cellresdm.metrics import TRIVIAL, image_quality, summarise_quality
+    """Image-quality table of every method (and the trivial BF copy) on a split, its per-channel summary and the
+    paired t-tests of ``reference`` against every other source."""
+    from cellresdm.metrics import TRIVIAL, image_quality, quality_ttests, summarise_quality
 
     table = image_quality(dataset_path, dict(zip(methods, predictions, strict=True)), log=log)
     io.write_parquet(table, out)
     summary = summarise_quality(table)
     with io.atomic_path(summary_out) as tmp:
         summary.to_csv(tmp, index=False)
+    with io.atomic_path(ttests_out) as tmp:
+        quality_ttests(table, reference).to_csv(tmp, index=False)
     for row in summary[summary["method"] != TRIVIAL].itertuples():
         level = logging.INFO if row.beats_trivial_ssim else logging.WARNING
         log.log(

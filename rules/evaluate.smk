@@ -13,6 +13,7 @@ rule image_quality:
             category="Results",
             subcategory="Image quality",
         ),
+        ttests=f"{RESULTS}/metrics/image_quality_ttests.csv",
     log:
         f"{LOGS}/image_quality.log",
     conda:
@@ -23,5 +24,6 @@ rule image_quality:
         runtime=60,
     params:
         methods=config["methods"],
+        reference=config["reference"],
     script:
         "../workflow_scripts/image_quality.py"

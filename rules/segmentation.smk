@@ -60,5 +60,6 @@ rule segmentation_scores:
     params:
         sources=segmentation_sources(),
         settings=config["segmentation"],
+        reference=config["reference"],
     script:
         "../workflow_scripts/segmentation_scores.py"

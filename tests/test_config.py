@@ -58,6 +58,19 @@ def test_duplicate_plate_ids_rejected():
         validate_config({"plates": [plate, dict(plate)]})
 
 
+def test_reference_must_be_an_enabled_method_and_ttest_tau_a_tau():
+    with pytest.raises(ConfigError, match="config key 'reference': 'palette' is not an enabled method"):
+        validate_config({"methods": ["cellresdm", "unet"], "reference": "palette"})
+    with pytest.raises(ConfigError, match="'segmentation.ttest_tau': 0.55 is not one of"):
+        validate_config({"segmentation": {"ttest_tau": 0.55}})
+    assert validate_config({"methods": ["unet"], "reference": "unet"})["reference"] == "unet"
+
+
+def test_unknown_method_is_rejected_with_the_key():
+    with pytest.raises(ConfigError, match="methods"):
+        validate_config({"methods": ["cellresdm", "stylegan"]})
+
+
 def test_demo_cell_line_must_be_known_to_the_generator():
     with pytest.raises(ConfigError, match=r"plates\.0\.cell_line.*HeLa"):
         validate_config({"plates": [{"id": "P1", "cell_line": "HeLa", "split": "train"}]})

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import zarr
 
-from cellresdm.metrics import TRIVIAL, channel_metrics, image_quality, summarise_quality
+from cellresdm.metrics import TRIVIAL, channel_metrics, image_quality, quality_ttests, summarise_quality
 
 
 def test_channel_metrics_hand_computed():
@@ -49,3 +49,40 @@ def test_image_quality_table_and_trivial_reference(tmp_path):
     wrong.create_array("if", data=real_if[:1])
     with pytest.raises(ValueError, match="wrong.zarr"):
         image_quality(tmp_path / "test.zarr", {"wrong": tmp_path / "wrong.zarr"})
+
+
+def test_quality_ttests_direction_and_p_against_scipy():
+    from scipy.stats import ttest_rel
+
+    from cellresdm import layout
+
+    rng = np.random.default_rng(1)
+    rows = []
+    good = rng.random(6)
+    for method, shift in (("cellresdm", 0.0), ("unet", 0.1)):
+        for i in range(6):
+            for channel in layout.IF_CHANNELS:
+                # unet: lower SSIM (worse) and higher MSE (worse) on every image
+                ssim = good[i] - shift + 0.01 * rng.random()
+                rows.append(
+                    {
+                        "method": method,
+                        "index": i,
+                        "channel": channel,
+                        "ssim": ssim,
+                        "mse": 1 - ssim,
+                        "psnr": 10 * ssim,
+                        "pearson": ssim,
+                    }
+                )
+    table = pd.DataFrame(rows)
+    tests = quality_ttests(table, reference="cellresdm")
+    assert len(tests) == 1 * 5 * 4 and set(tests["other"]) == {"unet"}
+    assert (tests["better"] == "reference").all() and tests["significant"].all()
+    dna = tests[(tests["channel"] == "DNA") & (tests["metric"] == "mse")].iloc[0]
+    ref = table[(table["method"] == "cellresdm") & (table["channel"] == "DNA")]["mse"].to_numpy()
+    other = table[(table["method"] == "unet") & (table["channel"] == "DNA")]["mse"].to_numpy()
+    expected = ttest_rel(ref, other)
+    assert dna["mean_difference"] < 0  # lower MSE is the better one
+    assert math.isclose(dna["p"], expected.pvalue) and math.isclose(dna["t"], expected.statistic)
+    assert quality_ttests(table, reference="palette").empty

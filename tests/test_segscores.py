@@ -255,9 +255,7 @@ def test_workflow_adapter(example, tmp_path, repo_dir):
     output.summary = outputs[2]
     snakemake = SimpleNamespace(
         input=SimpleNamespace(dataset=str(truth), instances=[str(inst)]),
-        params=SimpleNamespace(
-            sources=["cellresdm"], settings={"reference": "cellresdm", "taus": TAUS, "ttest_tau": 0.5}
-        ),
+        params=SimpleNamespace(sources=["cellresdm"], settings={"taus": TAUS, "ttest_tau": 0.5}, reference="cellresdm"),
         output=output,
         log=[str(tmp_path / "log.txt")],
     )

@@ -208,6 +208,8 @@ def test_tiny_end_to_end_run(tmp_path):
     quality = pd.read_csv(results / "metrics" / "image_quality_summary.csv")
     assert set(quality["method"]) == {"cellresdm", "bf_copy"} and len(quality) == 10
     assert quality["ssim"].between(-1, 1).all() and (quality["psnr"] > 0).all()
+    ttests = pd.read_csv(results / "metrics" / "image_quality_ttests.csv")
+    assert set(ttests["other"]) == {"bf_copy"} and len(ttests) == 5 * 4 and (ttests["n"] == 3).all()
 
     rerun = snakemake(work, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr

@@ -10,4 +10,6 @@ with step_logging(snakemake.log[0]):
         list(snakemake.input.predictions),
         snakemake.output.table,
         snakemake.output.summary,
+        snakemake.output.ttests,
+        reference=snakemake.params.reference,
     )

@@ -1,8 +1,8 @@
 """Snakemake adapter: segmentation scores of every instance source, t-tests, summary and Figs. 6-7.
 
 Inputs ``dataset`` (test.zarr) and ``instances`` (one store per source, in the order of ``params.sources``);
-``params.settings`` is config ``segmentation`` (reference, taus, ttest_tau). Everything is written beside
-``output.summary``, under the names of :func:`cellresdm.segscores.output_paths`.
+``params.settings`` is config ``segmentation`` (taus, ttest_tau), ``params.reference`` config ``reference``.
+Everything is written beside ``output.summary``, under the names of :func:`cellresdm.segscores.output_paths`.
 """
 
 from pathlib import Path
@@ -17,7 +17,7 @@ with step_logging(snakemake.log[0]):
         snakemake.input.dataset,
         dict(zip(snakemake.params.sources, snakemake.input.instances, strict=True)),
         Path(snakemake.output.summary).parent,
-        reference=settings["reference"],
+        reference=snakemake.params.reference,
         taus=settings["taus"],
         ttest_tau=settings["ttest_tau"],
     )
