@@ -24,6 +24,7 @@ include: "rules/sample.smk"
 include: "rules/segmentation.smk"
 include: "rules/stardist.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

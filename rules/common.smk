@@ -11,6 +11,7 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 DEMO_GALLERY = f"{RESULTS}/demo_gallery"
 DEMO_TRUTH = f"{RESULTS}/demo_truth"
+REPORTS = f"{RESULTS}/reports"
 PLATES = {plate["id"]: plate for plate in config["plates"]}
 LAYOUT = GalleryLayout(
     project=config["gallery"]["project"],
@@ -73,7 +74,56 @@ def all_outputs():
         )
     if has_model_splits() and segmentation_sources():
         outputs.append(f"{RESULTS}/segmentation/segmentation_summary.csv")
+    if has_model_splits() and config["methods"]:
+        outputs.append(f"{REPORTS}/report.html")
     return outputs
+
+
+def report_input(wildcards):
+    """Everything the paper report reads (lists follow config methods, segmentation sources and plates)."""
+    methods = config["methods"]
+    inputs = {
+        "dataset": f"{RESULTS}/datasets/test.zarr",
+        "quality": f"{RESULTS}/metrics/image_quality.parquet",
+        "quality_ttests": f"{RESULTS}/metrics/image_quality_ttests.csv",
+        "predictions": method_predictions(),
+        "sample_benchmarks": expand(
+            f"{BENCHMARKS}/sample_{{method}}.json", method=methods
+        ),
+        "models": expand(f"{RESULTS}/models/{{method}}/model.pt", method=methods),
+        "groundtruth": expand(
+            f"{RESULTS}/groundtruth/{{plate}}/index.parquet", plate=PLATES
+        ),
+        "fields": expand(f"{RESULTS}/fields/{{plate}}.parquet", plate=PLATES),
+    }
+    if segmentation_sources():
+        inputs["instances"] = segmentation_instances()
+        for name, path in segmentation_reports().items():
+            inputs[name] = path
+    if is_demo():
+        inputs["qc_summary"] = f"{RESULTS}/groundtruth/qc_summary.csv"
+    return inputs
+
+
+def results_dir(wildcards, input):
+    """The results folder, from the test dataset's path (results/datasets/test.zarr)."""
+    return str(Path(input.dataset).parent.parent)
+
+
+def segmentation_reports():
+    return {
+        "segmentation_summary": f"{RESULTS}/segmentation/segmentation_summary.csv",
+        "segmentation_ttests": f"{RESULTS}/segmentation/segmentation_ttests.csv",
+        "fig6": f"{RESULTS}/segmentation/fig6_segmentation.png",
+        "fig7": f"{RESULTS}/segmentation/fig7_stardist.png",
+    }
+
+
+def report_segmentation_figures():
+    """Figs. 6 and 7 copied into the report folder when there are segmentation sources."""
+    if not segmentation_sources():
+        return []
+    return [f"{REPORTS}/fig6_segmentation.png", f"{REPORTS}/fig7_stardist.png"]
 
 
 def plate_cell_line(wildcards):

@@ -89,6 +89,7 @@ def test_dry_run_of_the_demo_plans_every_stage():
         "stardist_if",
         "stardist_predict",
         "segmentation_scores",
+        "paper_report",
     ]:
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the plan"
 
@@ -211,8 +212,15 @@ def test_tiny_end_to_end_run(tmp_path):
     ttests = pd.read_csv(results / "metrics" / "image_quality_ttests.csv")
     assert set(ttests["other"]) == {"bf_copy"} and len(ttests) == 5 * 4 and (ttests["n"] == 3).all()
 
+    reports = results / "reports"
+    for name in ("fig4_examples.png", "fig5_quality.png", "fig6_segmentation.png", "fig7_stardist.png"):
+        assert (reports / name).stat().st_size > 5000, name
+    html = (reports / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "Table 3" in html
+    throughput = pd.read_csv(reports / "throughput.csv")
+    assert {"cellresdm", "stardist_bf"} <= set(throughput["source"])
+
     rerun = snakemake(work, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
-    (results / "reports").mkdir()
     snakemake(work, "--cores", "1", "--report", "results/reports/snakemake_report.html")
     assert (results / "reports" / "snakemake_report.html").stat().st_size > 10_000
