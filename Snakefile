@@ -13,6 +13,7 @@ wildcard_constraints:
     split="train|val|test",
     method="|".join(config["methods"]) or "none",
     baseline="stardist_bf|stardist_if",
+    source="|".join(["real", *config["methods"]]),
 
 
 include: "rules/download.smk"
@@ -24,6 +25,7 @@ include: "rules/sample.smk"
 include: "rules/segmentation.smk"
 include: "rules/stardist.smk"
 include: "rules/evaluate.smk"
+include: "rules/features.smk"
 include: "rules/report.smk"
 
 

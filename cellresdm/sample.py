@@ -68,14 +68,19 @@ class SampleSettings:
             raise CellResDMError("sample.n_samples and sample.batch_size must be >= 1")
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of length ``tile`` covering [0, size) with at least ``overlap`` overlap."""
+def tile_starts(size: int, tile: int, overlap: int, alignment: int = 1) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering [0, size) with at least ``overlap`` overlap.
+
+    With ``alignment`` > 1 (``size - tile`` must be a multiple of it) every start is a multiple of ``alignment``,
+    so methods that subsample the noise field (latent CellResDM takes every 4th pixel) see the same noise grid in
+    every tile; an overlap may then shrink by up to ``alignment - 1`` pixels.
+    """
     if size <= tile:
         return [0]
     stride = tile - overlap
     n = math.ceil((size - tile) / stride) + 1
     # spread the tiles evenly so every overlap is at least `overlap` and the last tile ends at `size`
-    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+    return [alignment * round(i * (size - tile) / (n - 1) / alignment) for i in range(n)]
 
 
 def blend_weight(height: int, width: int, overlap: int) -> Tensor:
@@ -119,8 +124,8 @@ def predict_field(
     image = F.pad(bf[None], (0, full_w - width, 0, full_h - height), mode="reflect")[0]
     boxes = [
         (y, x)
-        for y in tile_starts(full_h, tile_h, settings.overlap)
-        for x in tile_starts(full_w, tile_w, settings.overlap)
+        for y in tile_starts(full_h, tile_h, settings.overlap, method.tile_alignment)
+        for x in tile_starts(full_w, tile_w, settings.overlap, method.tile_alignment)
     ]
     weight = blend_weight(tile_h, tile_w, settings.overlap if len(boxes) > 1 else 0).to(device)
     outputs = []

@@ -183,18 +183,7 @@ def train_method(name: str, config: dict[str, Any], dataset_path: str, out_dir: 
 
     method = build_method(name, config)
     train = config["train"]
-    settings = TrainSettings(
-        steps=train["steps"],
-        batch_size=train["batch_size"],
-        lr=train["lr"],
-        weight_decay=train["weight_decay"],
-        warmup_steps=train["warmup_steps"],
-        ema_decay=train["ema_decay"],
-        grad_clip=train["grad_clip"],
-        checkpoint_every=train["checkpoint_every"],
-        num_workers=train["num_workers"],
-        seed=train["seed"],
-    )
+    settings = TrainSettings.from_config(train)
     dataset = CellPaintingDataset(dataset_path, crop_size=config[name]["crop_size"], flips=True, seed=train["seed"])
     log.info(
         "training %s on %s (%d fields), %d parameters",

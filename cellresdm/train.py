@@ -121,6 +121,13 @@ class TrainSettings:
     num_workers: int = 0
     amp: str = "auto"
 
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> TrainSettings:
+        """From a validated config section ``train`` (keys the section does not set keep these defaults)."""
+        keys = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "ema_decay", "grad_clip")
+        keys += ("checkpoint_every", "num_workers", "seed")
+        return cls(**{key: section[key] for key in keys if key in section})
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
 

@@ -12,6 +12,7 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 DEMO_GALLERY = f"{RESULTS}/demo_gallery"
 DEMO_TRUTH = f"{RESULTS}/demo_truth"
 REPORTS = f"{RESULTS}/reports"
+VQGAN_MODEL = f"{RESULTS}/models/vqgan/model.pt"
 PLATES = {plate["id"]: plate for plate in config["plates"]}
 LAYOUT = GalleryLayout(
     project=config["gallery"]["project"],
@@ -102,7 +103,15 @@ def report_input(wildcards):
             inputs[name] = path
     if is_demo():
         inputs["qc_summary"] = f"{RESULTS}/groundtruth/qc_summary.csv"
+    inputs["table2"] = f"{RESULTS}/features/table2_features.csv"
     return inputs
+
+
+def feature_images(wildcards):
+    """The real test images for source ``real``, else the method's synthetic ones."""
+    if wildcards.source == "real":
+        return f"{RESULTS}/datasets/test.zarr"
+    return f"{RESULTS}/predictions/{wildcards.source}/test.zarr"
 
 
 def results_dir(wildcards, input):
@@ -197,6 +206,25 @@ def has_model_splits():
     return {"train", "test"} <= set(cfg.splits(config))
 
 
+def uses_pipeline_vqgan(method):
+    """Latent CellResDM on the VQ-GAN this pipeline trains (no vqgan_checkpoint of the user's)."""
+    return method == "cellresdm_latent" and not config[method]["vqgan_checkpoint"]
+
+
+def train_input(wildcards):
+    inputs = {"dataset": f"{RESULTS}/datasets/train.zarr"}
+    if uses_pipeline_vqgan(wildcards.method):
+        inputs["vqgan"] = VQGAN_MODEL
+    return inputs
+
+
 def method_train_config(wildcards):
     """The config sections training one method reads (its own and ``train``), so other edits do not retrain."""
-    return {wildcards.method: config[wildcards.method], "train": config["train"]}
+    section = dict(config[wildcards.method])
+    if uses_pipeline_vqgan(wildcards.method):
+        section["vqgan_checkpoint"] = VQGAN_MODEL
+    return {wildcards.method: section, "train": config["train"]}
+
+
+def vqgan_train_config(wildcards):
+    return {"vqgan": config["vqgan"], "train": config["train"]}

@@ -44,6 +44,7 @@ rule paper_report:
             caption="../report/filtering.rst",
             category="Run",
         ),
+        table2=f"{REPORTS}/table2_features.csv",
         segmentation_figures=report_segmentation_figures(),
     log:
         f"{LOGS}/report.log",

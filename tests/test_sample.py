@@ -51,6 +51,8 @@ class PointwiseMethod(Method):
 def test_tile_starts_cover_with_overlap():
     assert tile_starts(100, 128, 32) == [0]
     assert tile_starts(256, 128, 32) == [0, 64, 128]
+    assert all(start % 4 == 0 for start in tile_starts(1084, 256, 32, alignment=4))
+    assert tile_starts(1084, 256, 32, alignment=4)[-1] == 1084 - 256
     for size, tile, overlap in [(1080, 256, 32), (300, 128, 16), (1000, 512, 64)]:
         starts = tile_starts(size, tile, overlap)
         assert starts[0] == 0 and starts[-1] == size - tile

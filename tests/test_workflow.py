@@ -41,7 +41,32 @@ TINY_CONFIG = {
     "train": {"steps": 6, "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 4},
     "sample": {"tile": 128, "overlap": 32, "batch_size": 4},
     "stardist": {"epochs": 2, "steps_per_epoch": 3, "patch_size": 64, "batch_size": 2, "unet_n_filter_base": 8},
+    # every baseline at the smallest size that runs its code paths
+    "methods": ["cellresdm", "cellresdm_latent", "unet", "pix2pix", "spade", "palette", "spade_diffusion"],
+    "cellresdm_latent": {"steps": 4, "min_noise_level": 0.2, "model_channels": 16, "channel_mult": [1, 2]},
+    "vqgan": {
+        "channels": 8,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "codebook_size": 64,
+        "disc_channels": 8,
+        "crop_size": 64,
+        "disc_start": 3,
+    },
+    "unet": {"base_channels": 8, "depth": 6, "crop_size": 64},
+    "pix2pix": {"base_channels": 8, "depth": 6, "disc_channels": 8, "crop_size": 64},
+    "spade": {"base_channels": 8, "n_up": 4, "hidden": 8, "disc_channels": 8, "disc_layers": 3, "crop_size": 64},
+    "palette": {"model_channels": 16, "channel_mult": [1, 2], "sample_steps": 3, "crop_size": 64},
+    "spade_diffusion": {
+        "model_channels": 16,
+        "channel_mult": [1, 2],
+        "sample_steps": 3,
+        "spade_hidden": 8,
+        "crop_size": 64,
+    },
 }
+TINY_CONFIG["features"] = {"texture_scales": [3], "texture_gray_levels": 16, "zernike": False}
+ALL_METHODS = TINY_CONFIG["methods"]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -196,27 +221,40 @@ def test_tiny_end_to_end_run(tmp_path):
     assert predictions["boundaries_binary"].shape == (3, 2, 192, 192)
     timing = json.loads((results / "benchmarks" / "sample_cellresdm.json").read_text())
     assert timing["steps"] == 4 and timing["seconds_per_image"] > 0 and timing["fields"] == 3
-    for source in ("cellresdm", "stardist_bf", "stardist_if"):
+    for source in (*ALL_METHODS, "stardist_bf", "stardist_if"):
         instances = zarr.open_group(str(results / "segmentation" / f"{source}_instances.zarr"), mode="r")
         assert instances["nuclei"].shape == (3, 192, 192)
         scores = pd.read_parquet(results / "segmentation" / f"{source}.parquet")
         assert set(scores["tau"].round(1)) == {round(0.1 * k, 1) for k in range(1, 10)}
-        assert set(scores["object"]) == ({"nuclei", "cells"} if source == "cellresdm" else {"nuclei"})
+        assert set(scores["object"]) == ({"nuclei"} if source.startswith("stardist") else {"nuclei", "cells"})
     seg_summary = pd.read_csv(results / "segmentation" / "segmentation_summary.csv")
-    assert set(seg_summary["source"]) == {"cellresdm", "stardist_bf", "stardist_if"}
+    assert set(seg_summary["source"]) == {*ALL_METHODS, "stardist_bf", "stardist_if"}
     assert seg_summary["f1"].between(0, 1).all()
     assert (results / "segmentation" / "fig7_stardist.png").stat().st_size > 1000
+    for method in ALL_METHODS:
+        store = zarr.open_group(str(results / "predictions" / method / "test.zarr"), mode="r")
+        prediction = np.asarray(store["if"][:], dtype=np.float32)
+        assert prediction.shape == (3, 5, 192, 192) and np.isfinite(prediction).all(), method
+        assert prediction.min() >= 0 and prediction.max() <= 1, method
     quality = pd.read_csv(results / "metrics" / "image_quality_summary.csv")
-    assert set(quality["method"]) == {"cellresdm", "bf_copy"} and len(quality) == 10
+    assert set(quality["method"]) == {*ALL_METHODS, "bf_copy"} and len(quality) == 5 * (len(ALL_METHODS) + 1)
     assert quality["ssim"].between(-1, 1).all() and (quality["psnr"] > 0).all()
     ttests = pd.read_csv(results / "metrics" / "image_quality_ttests.csv")
-    assert set(ttests["other"]) == {"bf_copy"} and len(ttests) == 5 * 4 and (ttests["n"] == 3).all()
+    assert set(ttests["other"]) == {*ALL_METHODS, "bf_copy"} - {"cellresdm"} and (ttests["n"] == 3).all()
+    assert len(ttests) == len(ALL_METHODS) * 5 * 4
 
+    for source in ("real", *ALL_METHODS):
+        features = pd.read_parquet(results / "features" / f"{source}.parquet")
+        assert len(features) == 3 and "Image_Count_Nuclei" in features.columns, source
+    table2 = pd.read_csv(results / "features" / "table2_features.csv")
+    # a category without a feature that varies across the 3 test images has no r (NaN)
+    assert set(table2["source"]) == set(ALL_METHODS) and table2["r"].dropna().between(-1, 1).all()
+    assert table2["r"].notna().sum() >= len(ALL_METHODS)
     reports = results / "reports"
     for name in ("fig4_examples.png", "fig5_quality.png", "fig6_segmentation.png", "fig7_stardist.png"):
         assert (reports / name).stat().st_size > 5000, name
     html = (reports / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 4 and "Table 3" in html
+    assert html.count("data:image/png;base64,") >= 4 and "Table 2" in html and "Table 3" in html
     throughput = pd.read_csv(reports / "throughput.csv")
     assert {"cellresdm", "stardist_bf"} <= set(throughput["source"])
 

@@ -11,6 +11,7 @@ from cellresdm.methods.base import Method
 #: Method name -> (module, class). Modules are imported on demand, so a run pays only for the methods it uses.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "cellresdm": ("cellresdm.methods.cellresdm_pixel", "CellResDM"),
+    "cellresdm_latent": ("cellresdm.methods.cellresdm_latent", "CellResDMLatent"),
     "unet": ("cellresdm.methods.unet_regression", "UNetRegression"),
     "pix2pix": ("cellresdm.methods.pix2pix", "Pix2Pix"),
     "spade": ("cellresdm.methods.spade", "SPADE"),

@@ -36,6 +36,8 @@ class Method(ABC):
     name: str
     #: The network the trainer optimises (and keeps an EMA of).
     network: nn.Module
+    #: Tiles of a whole field start at multiples of this (a method that subsamples the noise field needs its grid).
+    tile_alignment: int = 1
 
     @abstractmethod
     def loss(self, network: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:

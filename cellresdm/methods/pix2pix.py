@@ -27,14 +27,14 @@ from torch import Tensor, nn
 
 from cellresdm import layout
 from cellresdm.errors import ConfigError
-from cellresdm.methods.base import N_OUTPUT_CHANNELS, Method, target_of
+from cellresdm.methods.base import N_OUTPUT_CHANNELS, target_of
 from cellresdm.methods.unet_regression import (
+    GeneratorMethod,
     bf_input,
     check_crop,
     check_disc_crop,
     config_key,
     config_section,
-    eval_mode,
     generator_config,
     generator_section,
 )
@@ -99,7 +99,30 @@ class Pix2PixTraining(nn.Module):
         return {"loss": loss, "l1": l1, "g_adv": g_adv, "perceptual": perceptual, "d": d}
 
 
-class Pix2Pix(Method):
+class AdversarialMethod(GeneratorMethod):
+    """A GAN generator trained with its discriminator (and VGG) inside one container ``network`` whose forward
+    returns the loss terms (``loss`` and the detached parts, see the containers)."""
+
+    #: the detached loss terms of the last :meth:`loss` call
+    last_terms: dict[str, Tensor]
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.network.generator
+
+    @property
+    def perceptual(self) -> bool:
+        """Whether the VGG perceptual term is on (weights were given and its weight is not 0)."""
+        return self.network.vgg is not None and self.weights.perceptual != 0
+
+    def loss(self, network: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
+        # no randomness besides decoder dropout, which draws from the trainer's reseeded global RNG
+        terms = network(bf_input(batch["bf"]), target_of(batch))
+        self.last_terms = {k: v.detach() for k, v in terms.items() if k != "loss"}
+        return terms["loss"]
+
+
+class Pix2Pix(AdversarialMethod):
     """pix2pix with the trainer's single optimiser (config section ``pix2pix``)."""
 
     name = "pix2pix"
@@ -131,13 +154,6 @@ class Pix2Pix(Method):
         check_disc_crop(self.name, crop_size, disc)
         vgg = resolve_vgg(vgg_weights, self.name)
         self.network = Pix2PixTraining(UNetGenerator(net), disc, vgg, weights)
-        #: the detached loss terms of the last :meth:`loss` call (``l1``, ``g_adv``, ``perceptual``, ``d``)
-        self.last_terms: dict[str, Tensor] = {}
-
-    @property
-    def perceptual(self) -> bool:
-        """Whether the VGG perceptual term is on (weights were given and its weight is not 0)."""
-        return self.network.vgg is not None and self.weights.perceptual != 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Pix2Pix:
@@ -180,22 +196,3 @@ class Pix2Pix(Method):
                 "perceptual": self.perceptual,
             }
         }
-
-    def loss(self, network: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
-        # no randomness besides decoder dropout, which draws from the trainer's reseeded global RNG
-        terms = network(bf_input(batch["bf"]), target_of(batch))
-        self.last_terms = {k: v.detach() for k, v in terms.items() if k != "loss"}
-        return terms["loss"]
-
-    def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
-        return (0, batch, N_OUTPUT_CHANNELS, height, width)  # deterministic: no noise
-
-    @property
-    def size_multiple(self) -> int:
-        return self.network.generator.size_multiple
-
-    @torch.no_grad()
-    def sample(self, bf: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self.network.generator) as net:
-            out = net(bf_input(bf))
-        return ((out + 1) / 2).clamp(0, 1)

@@ -24,15 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from cellresdm.errors import ConfigError
-from cellresdm.methods.base import N_OUTPUT_CHANNELS, Method, target_of
-from cellresdm.methods.pix2pix import N_IF
+from cellresdm.methods.base import N_OUTPUT_CHANNELS
+from cellresdm.methods.pix2pix import N_IF, AdversarialMethod
 from cellresdm.methods.unet_regression import (
-    bf_input,
     check_crop,
     check_disc_crop,
     config_key,
     config_section,
-    eval_mode,
 )
 from cellresdm.nets.discriminator import (
     GAN_MODES,
@@ -97,7 +95,7 @@ class SPADETraining(nn.Module):
         return {"loss": loss, "g_adv": g_adv, "feature_matching": fm, "perceptual": perceptual, "l1": l1, "d": d}
 
 
-class SPADE(Method):
+class SPADE(AdversarialMethod):
     """SPADE GAN with the trainer's single optimiser (config section ``spade``)."""
 
     name = "spade"
@@ -136,13 +134,6 @@ class SPADE(Method):
         check_disc_crop(self.name, crop_size, disc)
         vgg = resolve_vgg(vgg_weights, self.name)
         self.network = SPADETraining(SPADEGenerator(net), disc, vgg, weights)
-        #: the detached loss terms of the last :meth:`loss` call
-        self.last_terms: dict[str, Tensor] = {}
-
-    @property
-    def perceptual(self) -> bool:
-        """Whether the VGG perceptual term is on (weights were given and its weight is not 0)."""
-        return self.network.vgg is not None and self.weights.perceptual != 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SPADE:
@@ -193,22 +184,3 @@ class SPADE(Method):
                 "perceptual": self.perceptual,
             }
         }
-
-    def loss(self, network: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
-        # deterministic: the step generator is not needed
-        terms = network(bf_input(batch["bf"]), target_of(batch))
-        self.last_terms = {k: v.detach() for k, v in terms.items() if k != "loss"}
-        return terms["loss"]
-
-    def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
-        return (0, batch, N_OUTPUT_CHANNELS, height, width)  # deterministic: no noise
-
-    @property
-    def size_multiple(self) -> int:
-        return self.network.generator.size_multiple
-
-    @torch.no_grad()
-    def sample(self, bf: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self.network.generator) as net:
-            out = net(bf_input(bf))
-        return ((out + 1) / 2).clamp(0, 1)

@@ -98,7 +98,30 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-class UNetRegression(Method):
+class GeneratorMethod(Method):
+    """A deterministic BF -> 7-channel generator in [-1, 1] (tanh); sampling runs :attr:`generator` in eval mode
+    (dropout off, batch norm on its running statistics, so every tile is normalised the same way)."""
+
+    @property
+    def generator(self) -> nn.Module:
+        """The network that maps the BF planes in [-1, 1] to the 7 channels (the GAN methods' own generator)."""
+        return self.network
+
+    def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        return (0, batch, N_OUTPUT_CHANNELS, height, width)  # deterministic: no noise
+
+    @property
+    def size_multiple(self) -> int:
+        return self.generator.size_multiple
+
+    @torch.no_grad()
+    def sample(self, bf: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        with eval_mode(self.generator) as net:
+            out = net(bf_input(bf))
+        return ((out + 1) / 2).clamp(0, 1)
+
+
+class UNetRegression(GeneratorMethod):
     """U-Net generator trained with the mean squared error to the target (config section ``unet``)."""
 
     name = "unet"
@@ -120,16 +143,3 @@ class UNetRegression(Method):
     def loss(self, network: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
         # deterministic apart from decoder dropout, which draws from the trainer's reseeded global RNG
         return F.mse_loss(network(bf_input(batch["bf"])), target_of(batch))
-
-    def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
-        return (0, batch, N_OUTPUT_CHANNELS, height, width)  # deterministic: no noise
-
-    @property
-    def size_multiple(self) -> int:
-        return self.network.size_multiple
-
-    @torch.no_grad()
-    def sample(self, bf: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self.network) as net:
-            out = net(bf_input(bf))
-        return ((out + 1) / 2).clamp(0, 1)
