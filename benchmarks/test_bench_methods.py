@@ -1,23 +1,27 @@
 """Seconds per image of every method, in one run on one machine and image size (the paper's speed comparison).
 
 Run with `make bench` (or `pytest -s benchmarks/test_bench_methods.py`). Each entry of :func:`entries` samples
-one image (batch 1, float32); network calls are counted and timed with forward hooks. The diffusion baselines
-run at the same backbone size as CellResDM: Palette's UNet keeps CellResDM's channel_mult and residual blocks
-per level, with 4-head attention at the lowest level and in the middle instead of Swin blocks, and takes the
-width (a multiple of 8) whose parameter count is closest. The table prints parameters, FLOPs of one forward
-pass (counted on the first call) and the mean per-call forward time of every network, so the match can be judged.
+one image (batch 1, float32); the calls of its network (the denoiser of a diffusion method, the generator of a
+one-pass method) are counted and timed with forward hooks. Every method is built from one config: the paper's
+(``configs/cpg0000.yaml``, the baselines at their schema-default paper sizes) or the demo's (``config.yaml``).
+Palette, the acceptance comparison, runs at the same backbone size as CellResDM: its UNet keeps CellResDM's
+channel_mult and residual blocks per level, with 4-head attention at the lowest level and in the middle instead
+of Swin blocks, and takes the width (a multiple of 8) whose parameter count is closest. The latent variant runs
+on a freshly initialised VQ-GAN of the config's ``vqgan`` size (speed does not depend on the weights). The table
+prints parameters, FLOPs of one forward pass (counted on the first call) and the mean per-call forward time of
+every network, so the match can be judged.
 
-A long chain (Palette: 1000 steps) may be timed on fewer steps and extrapolated linearly (per-step cost x
-steps; the chain's fixed cost is a few milliseconds); the table then says "extrapolated from N timed steps".
-N is at least 50 (``CELLRESDM_BENCH_TIMED_STEPS``); set it to 1000 to time the whole chain.
+A long chain (Palette and SPADE-Diffusion: 1000 steps) may be timed on fewer steps and extrapolated linearly
+(per-step cost x steps; the chain's fixed cost is a few milliseconds); the table then says "extrapolated from N
+timed steps". N is at least 50 (``CELLRESDM_BENCH_TIMED_STEPS``); set it to 1000 to time the whole chain.
 
 Environment (defaults in brackets):
 
 * ``CELLRESDM_BENCH_DEVICE``: ``cpu`` or ``cuda`` [cuda when available].
 * ``CELLRESDM_BENCH_NET``: ``paper`` (CellResDM 160 channels, (1, 2, 2, 4); ~144 M parameters) or ``demo``
-  (32 channels, (1, 2, 2)) [paper on cuda, demo on cpu, so a CPU run ends in a few minutes].
+  (the demo config's small networks) [paper on cuda, demo on cpu, so a CPU run ends in a few minutes].
 * ``CELLRESDM_BENCH_SIZE``: image side in pixels [512 on cuda, 128 on cpu].
-* ``CELLRESDM_BENCH_TIMED_STEPS``: Palette steps actually run [1000 on cuda, 50 on cpu].
+* ``CELLRESDM_BENCH_TIMED_STEPS``: steps actually run of a 1000-step chain [1000 on cuda, 50 on cpu].
 * ``CELLRESDM_BENCH_REPEATS``: sampling runs per method, the fastest counts (a shared CPU is noisy) [1 on cuda,
   3 on cpu].
 
@@ -26,25 +30,33 @@ To add a method, append an :class:`Entry` to :func:`entries` (a builder taking t
 
 from __future__ import annotations
 
+import copy
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cellresdm.config import validate_config
+from cellresdm.config import load_config
 from cellresdm.methods import build_method
 from cellresdm.methods.base import Method
 from cellresdm.methods.palette import Palette
+from cellresdm.methods.spade_diffusion import SpadeDiffusion
+from cellresdm.methods.vqgan import save_vqgan, vqgan_config
 from cellresdm.nets.layers import count_parameters
 from cellresdm.nets.unet import UNet, UNetConfig
+from cellresdm.nets.vqgan import VQGAN
 from cellresdm.sample import device_name
 
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {"paper": REPO / "configs" / "cpg0000.yaml", "demo": REPO / "config.yaml"}
 PALETTE_STEPS = 1000
 MIN_TIMED_STEPS = 50
-NETS = {"paper": {"model_channels": 160, "channel_mult": [1, 2, 2, 4]}, "demo": {"model_channels": 32}}
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,9 @@ class Entry:
     timed_steps: int | None = None
 
 
-def cellresdm_config(net: str) -> dict:
-    return validate_config({"cellresdm": {"steps": 15, "min_noise_level": 0.04, **NETS[net]}})
+def bench_config(net: str) -> dict[str, Any]:
+    """The validated config whose method sections the bench builds (``paper`` or ``demo``)."""
+    return load_config(CONFIGS[net])
 
 
 def matched_palette_section(reference: torch.nn.Module, channel_mult: list[int], num_res_blocks: int) -> dict:
@@ -96,19 +109,47 @@ def matched_palette_section(reference: torch.nn.Module, channel_mult: list[int],
     }
 
 
-def entries(net: str, timed_steps: int) -> list[Entry]:
-    """The table's rows: CellResDM (T = 15) and Palette (1000 steps) at the same backbone size."""
-    config = cellresdm_config(net)
-    section = config["cellresdm"]
+def with_untrained_vqgan(config: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """``config`` whose latent section points at a freshly initialised VQ-GAN of the config's ``vqgan`` size."""
+    config = copy.deepcopy(config)
+    path = save_vqgan(VQGAN(vqgan_config(config["vqgan"])), directory / "vqgan.pt")
+    config["cellresdm_latent"]["vqgan_checkpoint"] = str(path)
+    return config
+
+
+def entries(config: dict[str, Any], timed_steps: int) -> list[Entry]:
+    """The table's rows: every method of the paper from ``config`` (a latent section with a usable
+    ``vqgan_checkpoint``), with Palette matched to CellResDM's backbone size and the DDPMs at 1000 steps."""
+    pixel = config["cellresdm"]
     reference = build_method("cellresdm", config).network
-    palette = matched_palette_section(reference, section["channel_mult"], section["num_res_blocks"])
+    palette = matched_palette_section(reference, pixel["channel_mult"], pixel["num_res_blocks"])
+    spade_diffusion = config["spade_diffusion"]
+    long_chain = min(timed_steps, PALETTE_STEPS)
+
+    def one_pass(name: str) -> Entry:
+        return Entry(name, 1, lambda steps: build_method(name, config))
+
     return [
-        Entry("cellresdm", section["steps"], lambda steps: build_method("cellresdm", config)),
+        Entry("cellresdm", pixel["steps"], lambda steps: build_method("cellresdm", config)),
+        Entry(
+            "cellresdm_latent",
+            config["cellresdm_latent"]["steps"],
+            lambda steps: build_method("cellresdm_latent", config),
+        ),
+        one_pass("unet"),
+        one_pass("pix2pix"),
+        one_pass("spade"),
         Entry(
             "palette",
             PALETTE_STEPS,
             lambda steps: Palette.from_config({"palette": {**palette, "sample_steps": steps}}),
-            timed_steps=min(timed_steps, PALETTE_STEPS),
+            timed_steps=long_chain,
+        ),
+        Entry(
+            "spade_diffusion",
+            spade_diffusion["steps"],
+            lambda steps: SpadeDiffusion.from_config({"spade_diffusion": {**spade_diffusion, "sample_steps": steps}}),
+            timed_steps=min(timed_steps, spade_diffusion["steps"]),
         ),
     ]
 
@@ -154,6 +195,11 @@ class _WarmedUp(Exception):
     pass
 
 
+def timed_network(method: Method) -> torch.nn.Module:
+    """The module one sampling step calls: a one-pass method's generator, a diffusion method's denoiser."""
+    return getattr(method, "generator", method.network)
+
+
 def warm_up(method: Method, bf: torch.Tensor, noise: torch.Tensor) -> float:
     """Run the method's sampler up to the end of its first network call (allocations, kernel selection);
     return the GFLOPs of that call."""
@@ -161,7 +207,7 @@ def warm_up(method: Method, bf: torch.Tensor, noise: torch.Tensor) -> float:
     def stop(module, args, output):
         raise _WarmedUp
 
-    handle = method.network.register_forward_hook(stop)
+    handle = timed_network(method).register_forward_hook(stop)
     flops = FlopCounterMode(display=False)
     try:
         with flops:
@@ -180,7 +226,10 @@ def measure(entry: Entry, size: int, device: torch.device, repeats: int = 1) -> 
         raise ValueError(f"{entry.name}: time at least {MIN_TIMED_STEPS} steps to extrapolate, not {steps}")
     torch.manual_seed(0)
     method = entry.build(steps)
-    network = method.network.to(device).eval()
+    if size % method.size_multiple:
+        raise ValueError(f"{entry.name}: the image side {size} is not a multiple of {method.size_multiple}")
+    method.network.to(device).eval()
+    network = timed_network(method)
     bf = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     noise = torch.randn(method.noise_shape(1, size, size), generator=torch.Generator().manual_seed(1)).to(device)
     gflops = warm_up(method, bf, noise)
@@ -212,21 +261,26 @@ def test_seconds_per_image_of_every_method():
     size = int(os.environ.get("CELLRESDM_BENCH_SIZE", 512 if cuda else 128))
     timed = int(os.environ.get("CELLRESDM_BENCH_TIMED_STEPS", PALETTE_STEPS if cuda else MIN_TIMED_STEPS))
     repeats = int(os.environ.get("CELLRESDM_BENCH_REPEATS", 1 if cuda else 3))
-    rows = [measure(entry, size, device, repeats) for entry in entries(net, timed)]
+    with tempfile.TemporaryDirectory() as directory:
+        config = with_untrained_vqgan(bench_config(net), Path(directory))
+        rows = [measure(entry, size, device, repeats) for entry in entries(config, timed)]
+    ours = next(row for row in rows if row.name == "cellresdm")
     where = device_name(device)
     print(
         f"\n[bench] seconds per image, {size}x{size}, batch 1, float32, {net}-size networks, best of {repeats} "
         f"runs, on {where}"
     )
-    print(f"{'method':<12} {'params (M)':>10} {'GFLOP/fwd':>9} {'net evals':>9} {'s/image':>9} {'s/forward':>10}  note")
+    print(
+        f"{'method':<16} {'params (M)':>10} {'GFLOP/fwd':>9} {'net evals':>9} {'s/image':>9} {'images/s':>9} "
+        f"{'s/forward':>10} {'/ cellresdm':>11}  note"
+    )
     for row in rows:
         note = f"extrapolated from {row.timed_steps} timed steps" if row.extrapolated else "all steps timed"
         print(
-            f"{row.name:<12} {row.params / 1e6:>10.2f} {row.gflops:>9.1f} {row.full_steps:>9} {row.seconds:>9.2f} "
-            f"{row.forward:>10.4f}  {note}"
+            f"{row.name:<16} {row.params / 1e6:>10.2f} {row.gflops:>9.1f} {row.full_steps:>9} {row.seconds:>9.3f} "
+            f"{1 / row.seconds:>9.2f} {row.forward:>10.4f} {row.seconds / ours.seconds:>10.2f}x  {note}"
         )
-    by_name = {row.name: row for row in rows}
-    ours, palette = by_name["cellresdm"], by_name["palette"]
+    palette = next(row for row in rows if row.name == "palette")
     ratio = palette.seconds / ours.seconds
     print(
         f"[bench] Palette ({palette.full_steps} steps) / CellResDM (T={ours.full_steps}): {ratio:.1f}x faster "
