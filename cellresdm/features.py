@@ -31,12 +31,9 @@ import logging
 import math
 import os
 import re
-import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,20 +42,9 @@ import pandas as pd
 import tifffile
 
 from cellresdm import layout
+from cellresdm.cellprofiler import DEFAULT_CELLPROFILER, CellProfilerRunner, ChunkFolder, resolve_cellprofiler
 from cellresdm.errors import CellResDMError, ConfigError
-from cellresdm.groundtruth import (
-    _MODULE_TIME,
-    DEFAULT_CELLPROFILER,
-    SegmentationSettings,
-    _cp_env,
-    _error_line,
-    _num,
-    _px,
-    _tail,
-    _yes,
-    make_pipeline,
-    resolve_cellprofiler,
-)
+from cellresdm.groundtruth import SegmentationSettings, _num, _px, _yes, make_pipeline
 from cellresdm.io import atomic_path, read_tiff, write_parquet
 
 _LOG = logging.getLogger("cellresdm")
@@ -486,92 +472,31 @@ def _write_channels(images: np.ndarray, folder: Path, image_id: str) -> dict[str
     return row
 
 
-class _Runner:
-    """Runs CellProfiler chunks in parallel; one failure terminates the other processes."""
+def _measure_chunk(
+    runner: CellProfilerRunner, work: Path, k: int, images: np.ndarray, ids: list[str], log_prefix: Path
+) -> tuple[Path, dict[str, float]]:
+    """Write the chunk's TIFFs (to ``work/chunk{k:04d}/images``) and run CellProfiler on them; return its
+    output folder and {image id: seconds}.
 
-    def __init__(self, exe: str, pipeline: Path, work: Path, log_prefix: Path, log: logging.Logger, bar) -> None:
-        self.exe, self.pipeline, self.work, self.log, self.bar = exe, pipeline, work, log, bar
-        self.log_prefix = log_prefix  # a failed chunk's log is kept at {log_prefix}.cellprofiler_chunk{k}.log
-        self.procs: list[subprocess.Popen] = []
-        self.lock = threading.Lock()
-        self.stopping = False
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping = True
-            for proc in self.procs:
-                if proc.poll() is None:
-                    proc.terminate()
-
-    def run(self, k: int, images: np.ndarray, ids: list[str]) -> tuple[Path, dict[str, float]]:
-        """Write the chunk's TIFFs, run CellProfiler; return its output folder and {image id: seconds}."""
-        base = self.work / f"chunk{k:04d}"
-        out, tmp, pics = base / "out", base / "tmp", base / "images"
-        for d in (out, tmp, pics):
-            d.mkdir(parents=True)
-        rows = [{**_write_channels(img, pics, i), "Metadata_Field": i} for img, i in zip(images, ids, strict=True)]
-        csv = base / "load_data.csv"
-        pd.DataFrame(rows).to_csv(csv, index=False)
-        log_file = base / "cellprofiler.log"
-        cmd = [self.exe, "-c", "-r", "-p", str(self.pipeline), "--data-file", str(csv)]
-        cmd += ["-i", str(base), "-o", str(out), "-t", str(tmp)]
-        wall: dict[int, float] = {}
-        start = time.perf_counter()
-        with open(log_file, "w") as stream:
-            with self.lock:
-                if self.stopping:
-                    raise CellResDMError("CellProfiler run cancelled after another chunk failed")
-                try:
-                    proc = subprocess.Popen(
-                        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_cp_env(), cwd=base
-                    )
-                except OSError as exc:
-                    raise CellResDMError(f"cannot start CellProfiler ({' '.join(cmd)}): {exc}") from exc
-                self.procs.append(proc)
-            seen = 0
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                stream.write(line)
-                match = _MODULE_TIME.search(line)
-                if match:
-                    image = int(match.group(1))
-                    wall[image] = wall.get(image, 0.0) + float(match.group(4))
-                    if image > seen:
-                        if seen and self.bar is not None:
-                            self.bar.update(1)
-                        seen = image
-            rc = proc.wait()
-        elapsed = time.perf_counter() - start
-        missing = [n for n in ("Image.csv", *(f"{c}.csv" for c in COMPARTMENTS)) if not (out / n).is_file()]
-        if rc != 0 or missing:
-            if self.stopping and rc != 0:
-                raise CellResDMError("CellProfiler run cancelled after another chunk failed")
-            # the image set being processed is the last one CellProfiler reported a module time for
-            failed = ids[min(max(seen, 1), len(ids)) - 1]
-            kept_log = Path(f"{self.log_prefix}.cellprofiler_chunk{k:04d}.log")
-            kept_log.write_text(log_file.read_text(errors="replace"))
-            what = f"exited with status {rc}" if rc != 0 else f"did not write {missing}"
-            error = _error_line(log_file)
-            raise CellResDMError(
-                f"CellProfiler {what} on feature chunk {k} ({len(ids)} image sets, {ids[0]}..{ids[-1]}), "
-                f"at or after image set {failed}.\n"
-                + (f"CellProfiler error: {error}\n" if error else "")
-                + f"Command: {' '.join(cmd)}\nFull log: {kept_log}\nLast lines of its output:\n{_tail(log_file)}"
-            )
-        if self.bar is not None and seen:
-            self.bar.update(1)
-        # module wall times per image set; JVM start and pipeline load are shared out evenly
-        modules = sum(wall.values())
-        overhead = max(elapsed - modules, 0.0) / len(ids)
-        seconds = {i: wall.get(n + 1, modules / len(ids)) + overhead for n, i in enumerate(ids)}
-        self.log.info(
-            "CellProfiler feature chunk %d: %d image sets in %.1f s (%.2f s per image set in modules)",
-            k,
-            len(ids),
-            elapsed,
-            modules / len(ids),
+    A failed chunk's log is kept at ``{log_prefix}.cellprofiler_chunk{k:04d}.log``.
+    """
+    folder = ChunkFolder.create(work, k)
+    pics = folder.root / "images"
+    pics.mkdir()
+    rows = [{**_write_channels(img, pics, i), "Metadata_Field": i} for img, i in zip(images, ids, strict=True)]
+    pd.DataFrame(rows).to_csv(folder.data_file, index=False)
+    run = runner.run(folder)
+    out = folder.output
+    missing = [n for n in ("Image.csv", *(f"{c}.csv" for c in COMPARTMENTS)) if not (out / n).is_file()]
+    if run.returncode != 0 or missing:
+        # the image set being processed is the last one CellProfiler reported a module time for
+        failed = ids[min(max(run.last_image_set, 1), len(ids)) - 1]
+        raise run.error(
+            f"did not write {missing}",
+            f"on feature chunk {k} ({len(ids)} image sets, {ids[0]}..{ids[-1]}), at or after image set {failed}",
+            Path(f"{log_prefix}.cellprofiler_chunk{k:04d}.log"),
         )
-        return out, seconds
+    return out, runner.finish(run, ids, f"feature chunk {k}")
 
 
 def run_cellprofiler_chunk(
@@ -596,8 +521,8 @@ def run_cellprofiler_chunk(
     work.mkdir(parents=True, exist_ok=True)
     pipeline = work / "features.cppipe"
     pipeline.write_text(make_measurement_pipeline(settings, measure=measure))
-    runner = _Runner(resolve_cellprofiler(cellprofiler), pipeline, work, work / "features", log or _LOG, None)
-    return runner.run(0, np.asarray(images), list(ids))
+    runner = CellProfilerRunner(resolve_cellprofiler(cellprofiler), pipeline, log or _LOG, None)
+    return _measure_chunk(runner, work, 0, np.asarray(images), list(ids), work / "features")
 
 
 def _category(measurement: str) -> str:
@@ -751,12 +676,13 @@ def extract_features(
             work = Path(work_name)
             pipeline = work / "features.cppipe"
             pipeline.write_text(make_measurement_pipeline(settings, measure=settings.backend == "cellprofiler"))
-            runner = _Runner(exe, pipeline, work, out.with_suffix(""), log, bar)
+            runner = CellProfilerRunner(exe, pipeline, log, bar)
 
             def job(k: int) -> pd.DataFrame:
                 idx = chunks[k]
                 chunk_ids = [ids[i] for i in idx]
-                cp_out, secs = runner.run(k, np.asarray(images[int(idx[0]) : int(idx[-1]) + 1]), chunk_ids)
+                chunk_images = np.asarray(images[int(idx[0]) : int(idx[-1]) + 1])
+                cp_out, secs = _measure_chunk(runner, work, k, chunk_images, chunk_ids, out.with_suffix(""))
                 if settings.backend == "cp_measure":
                     table = _cp_measure_chunk(cp_out, work / f"chunk{k:04d}" / "images", chunk_ids, settings, secs)
                 else:
@@ -764,19 +690,7 @@ def extract_features(
                 seconds.update(secs)
                 return table
 
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(job, k): k for k in range(len(chunks))}
-                pending = set(futures)
-                try:
-                    while pending:
-                        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                        for fut in done:
-                            parts[futures[fut]] = fut.result()
-                except BaseException:
-                    runner.stop()
-                    for fut in pending:
-                        fut.cancel()
-                    raise
+            runner.run_parallel(job, len(chunks), workers, parts.__setitem__)
     finally:
         if bar is not None:
             bar.close()

@@ -16,14 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import re
-import shutil
-import subprocess
 import tempfile
-import threading
-import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cellresdm import layout
+from cellresdm.cellprofiler import DEFAULT_CELLPROFILER, CellProfilerRunner, ChunkFolder, resolve_cellprofiler
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import read_tiff, write_parquet, write_tiff
 
@@ -54,10 +48,6 @@ QC_COLUMNS = [
     "f1",
     "mean_true_score",
 ]
-#: Where ``make setup`` puts CellProfiler (relative to the repository root).
-DEFAULT_CELLPROFILER = ".venv-cp/bin/cellprofiler"
-#: JAVA_HOME used when none is set and this JDK exists (CellProfiler 4.2 reads images with Java bioformats).
-DEFAULT_JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
 
 _THRESHOLD_METHODS = ("Minimum Cross-Entropy", "Otsu", "Robust Background")
 _DECLUMP_METHODS = ("Intensity", "Shape", "None")
@@ -71,11 +61,6 @@ _SECONDARY_METHODS = (
 )
 _OTSU_CLASSES = ("Two classes", "Three classes")
 _MIDDLE_CLASS = ("Foreground", "Background")
-_TAIL_LINES = 40
-
-# CellProfiler prints one line per module run in headless mode, e.g.
-# "Tue Jan  2 10:00:00 2024: Image # 3, module SaveImages # 9: CPU_time = 0.01 secs, Wall_time = 0.01 secs"
-_MODULE_TIME = re.compile(r"Image # (\d+), module (\S+) # (\d+):.*Wall_time = ([0-9.eE+-]+) secs")
 
 
 @dataclass(frozen=True)
@@ -284,26 +269,6 @@ def make_pipeline(settings: SegmentationSettings) -> str:
 # ----------------------------------------------------------------------------------------------- running
 
 
-def resolve_cellprofiler(cellprofiler: str | os.PathLike) -> str:
-    """Path of the CellProfiler executable; raise CellResDMError with the setup hint if there is none.
-
-    A path with a directory part is taken as is (relative to the working directory); a bare name is
-    looked up on PATH (as in the envs/cellprofiler.yaml conda environment, which provides ``cellprofiler``).
-    """
-    name = str(cellprofiler)
-    if os.sep in name or (os.altsep and os.altsep in name):
-        found = str(Path(name).absolute()) if Path(name).is_file() and os.access(name, os.X_OK) else None
-    else:
-        found = shutil.which(name)
-    if found is None:
-        raise CellResDMError(
-            f"CellProfiler executable not found: {name!r} (working directory {Path.cwd()}). Run `make setup` "
-            "to create the CellProfiler 4.2.8.1 environment (.venv-cp), or run the rule with the conda env "
-            "envs/cellprofiler.yaml (snakemake --sdm conda) and set groundtruth.cellprofiler: cellprofiler."
-        )
-    return found
-
-
 def _kept_fields(fields: pd.DataFrame, load_data: pd.DataFrame) -> pd.DataFrame:
     """Kept fields joined with their DNA and RNA paths and metadata, in the filter table's order."""
     need = ["field", "keep"]
@@ -355,14 +320,6 @@ def _load_csv(chunk: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _cp_env() -> dict[str, str]:
-    env = dict(os.environ)
-    if not env.get("JAVA_HOME") and Path(DEFAULT_JAVA_HOME).is_dir():
-        env["JAVA_HOME"] = DEFAULT_JAVA_HOME
-    env.setdefault("MPLBACKEND", "Agg")
-    return env
-
-
 def _check_inputs(chunk: pd.DataFrame) -> None:
     """Decode the DNA and RNA images of every field (CellProfiler's reader silently accepts some truncated
     TIFFs, which would give wrong labels) and check that they are 2-D and of the same shape."""
@@ -374,138 +331,29 @@ def _check_inputs(chunk: pd.DataFrame) -> None:
             raise CellResDMError(f"{field}: DNA {dna} {a.shape} and RNA {rna} {b.shape} differ in shape")
 
 
-def _error_line(path: Path) -> str:
-    """Last line of CellProfiler's output that names an error, or ''."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    errors = [ln.strip() for ln in lines if re.match(r"^\s*[\w.]*(Error|Exception)\b", ln)]
-    return errors[-1] if errors else ""
+def _segment_chunk(
+    runner: CellProfilerRunner, work: Path, k: int, chunk: pd.DataFrame, keep_logs: Path
+) -> tuple[Path, dict[str, float]]:
+    """Run one chunk; return the folder of its label TIFFs and {field: seconds}.
 
-
-def _tail(path: Path, n: int = _TAIL_LINES) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no CellProfiler output)"
-    return "\n".join(lines[-n:])
-
-
-class _Runner:
-    """Runs CellProfiler chunks; remembers the processes so one failure stops the others."""
-
-    def __init__(self, exe: str, pipeline: Path, work: Path, keep_logs: Path, log: logging.Logger, bar) -> None:
-        self.exe, self.pipeline, self.work, self.keep_logs, self.log, self.bar = (
-            exe,
-            pipeline,
-            work,
-            keep_logs,
-            log,
-            bar,
+    A failed chunk's log is kept at ``keep_logs/cellprofiler_chunk{k:04d}.log``.
+    """
+    folder = ChunkFolder.create(work, k)
+    _load_csv(chunk).to_csv(folder.data_file, index=False)
+    fields = chunk["field"].tolist()
+    _check_inputs(chunk)
+    run = runner.run(folder)
+    out = folder.output
+    produced = {f for f in fields if (out / f"{f}_nuclei.tiff").is_file() and (out / f"{f}_cells.tiff").is_file()}
+    if run.returncode != 0 or len(produced) != len(fields):
+        lacking = [f for f in fields if f not in produced]
+        raise run.error(
+            "finished without writing every label image",
+            f"on chunk {k} ({len(fields)} fields, {fields[0]}..{fields[-1]}); "
+            f"no labels for {len(lacking)} fields, e.g. {lacking[:5]}",
+            keep_logs / f"cellprofiler_chunk{k:04d}.log",
         )
-        self.procs: list[subprocess.Popen] = []
-        self.lock = threading.Lock()
-        self.stopping = False
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping = True
-            for proc in self.procs:
-                if proc.poll() is None:
-                    proc.terminate()
-
-    def run_chunk(self, k: int, chunk: pd.DataFrame) -> dict[str, float]:
-        """Run one chunk; return {field: seconds}; label TIFFs land in ``work/chunk{k}/out``."""
-        base = self.work / f"chunk{k:04d}"
-        out, tmp = base / "out", base / "tmp"
-        out.mkdir(parents=True)
-        tmp.mkdir()
-        csv = base / "load_data.csv"
-        _load_csv(chunk).to_csv(csv, index=False)
-        log_file = base / "cellprofiler.log"
-        cmd = [
-            self.exe,
-            "-c",
-            "-r",
-            "-p",
-            str(self.pipeline),
-            "--data-file",
-            str(csv),
-            "-i",
-            str(base),
-            "-o",
-            str(out),
-            "-t",
-            str(tmp),
-        ]
-        fields = chunk["field"].tolist()
-        _check_inputs(chunk)
-        wall: dict[int, float] = {}
-        start = time.perf_counter()
-        with open(log_file, "w") as stream:
-            with self.lock:
-                if self.stopping:
-                    raise CellResDMError("CellProfiler run cancelled after another chunk failed")
-                try:
-                    proc = subprocess.Popen(
-                        cmd,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                        env=_cp_env(),
-                        cwd=base,
-                    )
-                except OSError as exc:
-                    raise CellResDMError(f"cannot start CellProfiler ({' '.join(cmd)}): {exc}") from exc
-                self.procs.append(proc)
-            seen = 0
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                stream.write(line)
-                match = _MODULE_TIME.search(line)
-                if match:
-                    image = int(match.group(1))
-                    wall[image] = wall.get(image, 0.0) + float(match.group(4))
-                    if image > seen:  # a new image set started: the previous one is done
-                        if seen and self.bar is not None:
-                            self.bar.update(1)
-                        seen = image
-            rc = proc.wait()
-        elapsed = time.perf_counter() - start
-        produced = {f for f in fields if (out / f"{f}_nuclei.tiff").is_file() and (out / f"{f}_cells.tiff").is_file()}
-        if rc != 0 or len(produced) != len(fields):
-            if self.stopping and rc != 0:
-                raise CellResDMError("CellProfiler run cancelled after another chunk failed")
-            self.keep_logs.mkdir(parents=True, exist_ok=True)
-            kept_log = self.keep_logs / f"cellprofiler_chunk{k:04d}.log"
-            shutil.copyfile(log_file, kept_log)
-            lacking = [f for f in fields if f not in produced]
-            what = f"exited with status {rc}" if rc != 0 else "finished without writing every label image"
-            error = _error_line(log_file)
-            raise CellResDMError(
-                f"CellProfiler {what} on chunk {k} ({len(fields)} fields, {fields[0]}..{fields[-1]}); "
-                f"no labels for {len(lacking)} fields, e.g. {lacking[:5]}.\n"
-                + (f"CellProfiler error: {error}\n" if error else "")
-                + f"Command: {' '.join(cmd)}\n"
-                f"Full log: {kept_log}\nLast lines of its output:\n{_tail(log_file)}"
-            )
-        if self.bar is not None and seen:
-            self.bar.update(1)
-        # Seconds per image set from CellProfiler's per-module wall times; the JVM start and pipeline load
-        # are shared by the chunk and spread evenly on its image sets.
-        modules = sum(wall.values())
-        overhead = max(elapsed - modules, 0.0) / len(fields)
-        seconds = {f: wall.get(i + 1, modules / len(fields)) + overhead for i, f in enumerate(fields)}
-        self.log.info(
-            "CellProfiler chunk %d: %d image sets in %.1f s (%.2f s per image set in modules, %.1f s other)",
-            k,
-            len(fields),
-            elapsed,
-            modules / len(fields),
-            elapsed - modules,
-        )
-        return seconds
+    return out, runner.finish(run, fields, f"chunk {k}")
 
 
 def _read_cp_labels(path: Path) -> np.ndarray:
@@ -599,26 +447,20 @@ def run_cellprofiler(
             work = Path(work_name)
             pipeline = work / "groundtruth.cppipe"
             pipeline.write_text(make_pipeline(settings))
-            runner = _Runner(exe, pipeline, work, out_dir, log, bar)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(runner.run_chunk, k, kept.iloc[idx]): k for k, idx in enumerate(chunks)}
-                pending = set(futures)
-                try:
-                    while pending:
-                        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                        for fut in done:
-                            k = futures[fut]
-                            seconds = fut.result()  # raises the chunk's CellResDMError
-                            chunk = kept.iloc[chunks[k]]
-                            rows += _collect(chunk, work / f"chunk{k:04d}" / "out", out_dir, seconds)
-                except BaseException:
-                    runner.stop()
-                    for fut in pending:
-                        fut.cancel()
-                    raise
-                finally:
-                    if bar is not None:
-                        bar.close()
+            runner = CellProfilerRunner(exe, pipeline, log, bar)
+
+            def segment(k: int) -> tuple[Path, dict[str, float]]:
+                return _segment_chunk(runner, work, k, kept.iloc[chunks[k]], out_dir)
+
+            def collect(k: int, segmented: tuple[Path, dict[str, float]]) -> None:
+                labels_dir, seconds = segmented
+                rows.extend(_collect(kept.iloc[chunks[k]], labels_dir, out_dir, seconds))
+
+            try:
+                runner.run_parallel(segment, len(chunks), workers, collect)
+            finally:
+                if bar is not None:
+                    bar.close()
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     if len(index):
         order = {f: i for i, f in enumerate(kept["field"])}

@@ -1,10 +1,12 @@
-"""Shared fixtures: the read-only ../shared folder is optional (a user's clone has none)."""
+"""Shared fixtures: the read-only ../shared folder and CellProfiler (.venv-cp) are optional (a clone may lack them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from cellresdm.cellprofiler import DEFAULT_CELLPROFILER
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -21,3 +23,12 @@ def shared_dir() -> Path:
 @pytest.fixture
 def repo_dir() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def cellprofiler() -> str:
+    """The CellProfiler executable ``make setup`` installs (.venv-cp); tests that need it skip where it is absent."""
+    executable = REPO / DEFAULT_CELLPROFILER
+    if not executable.is_file():
+        pytest.skip(f"CellProfiler is not installed at {executable} (run `make setup`)")
+    return str(executable)

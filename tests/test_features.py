@@ -32,18 +32,9 @@ from cellresdm.features import (
 from cellresdm.groundtruth import SegmentationSettings
 from cellresdm.io import read_tiff
 
-REPO = Path(__file__).resolve().parents[1]
-CELLPROFILER = REPO / ".venv-cp" / "bin" / "cellprofiler"
 SIZE = 128
 #: Small fields keep border nuclei (the reference discards them) so that they hold several cells.
 SETTINGS = FeatureSettings(workers=1, segmentation=SegmentationSettings(discard_border_nuclei=False))
-
-
-@pytest.fixture(scope="module")
-def cellprofiler() -> str:
-    if not CELLPROFILER.is_file():
-        pytest.skip(f"CellProfiler is not installed at {CELLPROFILER} (run `make setup`)")
-    return str(CELLPROFILER)
 
 
 # ----------------------------------------------------------------------------------------------- Table 2

@@ -23,18 +23,8 @@ from cellresdm.groundtruth import (
     run_cellprofiler,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-CELLPROFILER = REPO / ".venv-cp" / "bin" / "cellprofiler"
-CP_PYTHON = REPO / ".venv-cp" / "bin" / "python"
 SIZE = 256
 FIELDS = ("r02c03f01", "r02c03f02", "r02c04f01")
-
-
-@pytest.fixture
-def cellprofiler() -> str:
-    if not CELLPROFILER.is_file():
-        pytest.skip(f"CellProfiler is not installed at {CELLPROFILER} (run `make setup`)")
-    return str(CELLPROFILER)
 
 
 # ----------------------------------------------------------------------------------------------- test fields
@@ -302,8 +292,9 @@ def test_pipeline_loads_and_validates_in_cellprofiler(tmp_path, cellprofiler):
             "PathName_OrigRNA": ["/x"],
         }
     ).to_csv(tmp_path / "load_data.csv", index=False)
+    cellprofiler_python = Path(cellprofiler).with_name("python")  # the Python of CellProfiler's own venv
     res = subprocess.run(
-        [str(CP_PYTHON), "-c", _CHECK, str(tmp_path / "p.cppipe"), str(tmp_path)],
+        [str(cellprofiler_python), "-c", _CHECK, str(tmp_path / "p.cppipe"), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -322,9 +313,7 @@ def test_pipeline_loads_and_validates_in_cellprofiler(tmp_path, cellprofiler):
 
 
 @pytest.fixture(scope="module")
-def cp_run(tmp_path_factory):
-    if not CELLPROFILER.is_file():
-        pytest.skip(f"CellProfiler is not installed at {CELLPROFILER} (run `make setup`)")
+def cp_run(tmp_path_factory, cellprofiler):
     base = tmp_path_factory.mktemp("gt")
     fields, load_data, truth = write_plate(base)
     out = base / "out"
@@ -333,7 +322,7 @@ def cp_run(tmp_path_factory):
         load_data,
         out,
         SegmentationSettings(),
-        cellprofiler=str(CELLPROFILER),
+        cellprofiler=cellprofiler,
         workers=2,
         progress=False,
     )
@@ -389,12 +378,10 @@ def test_cellprofiler_failure_raises_with_its_error(tmp_path, cellprofiler):
 
 
 @pytest.mark.cellprofiler
-def test_synth_fields_are_segmented_well(tmp_path):
+def test_synth_fields_are_segmented_well(tmp_path, cellprofiler):
     """The demo generator's fields (A549, U2OS) are segmented well enough for the QC minimums."""
     from cellresdm import synth
 
-    if not CELLPROFILER.is_file():
-        pytest.skip(f"CellProfiler is not installed at {CELLPROFILER} (run `make setup`)")
     rows = []
     (tmp_path / "truth").mkdir()
     for i, line in enumerate(("A549", "U2OS")):
@@ -408,7 +395,7 @@ def test_synth_fields_are_segmented_well(tmp_path):
         rows.append({"field": field, "keep": True, **paths})
     table = pd.DataFrame(rows)
     index = run_cellprofiler(
-        table, table, tmp_path / "out", SegmentationSettings(), cellprofiler=str(CELLPROFILER), progress=False
+        table, table, tmp_path / "out", SegmentationSettings(), cellprofiler=cellprofiler, progress=False
     )
     summary = qc_summary(qc_against_truth(index, tmp_path / "truth")).set_index("object")
     assert summary.loc["nuclei", "f1"] >= 0.9, summary

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from cellresdm.diffusion.resshift import ResShiftDiffusion, ResShiftSchedule
 from cellresdm.errors import ConfigError
 from cellresdm.methods.base import Method, condition_of, target_of
+from cellresdm.methods.cellresdm_pixel import resshift_loss, resshift_schedule, resshift_section, swin_unet_config
 from cellresdm.methods.vqgan import load_vqgan
 from cellresdm.nets.swin_unet import SwinUNet, SwinUNetConfig
 from cellresdm.nets.vqgan import CHANNEL_GROUPS, VQGAN
@@ -38,7 +39,6 @@ from cellresdm.nets.vqgan import CHANNEL_GROUPS, VQGAN
 __all__ = ["CellResDMLatent", "LatentDenoiser", "time_sampling_stages"]
 
 SECTION = "cellresdm_latent"
-_SCHEDULE_KEYS = ("steps", "kappa", "power", "min_noise_level")
 
 
 class LatentDenoiser(nn.Module):
@@ -102,33 +102,16 @@ class CellResDMLatent(Method):
             raise ConfigError(f"{name}.vqgan_checkpoint is not set: the path of a trained or pretrained VQ-GAN")
         autoencoder = load_vqgan(section["vqgan_checkpoint"])
         latent_channels = len(CHANNEL_GROUPS) * autoencoder.config.embed_dim
-        schedule = ResShiftSchedule(**{k: section[k] for k in _SCHEDULE_KEYS})
-        net = SwinUNetConfig(
-            in_channels=2 * latent_channels,
-            out_channels=latent_channels,
-            model_channels=section["model_channels"],
-            channel_mult=tuple(section["channel_mult"]),
-            num_res_blocks=section["num_res_blocks"],
-            swin_depth=section["swin_depth"],
-            window_size=section["window_size"],
-            # as pixel CellResDM: Swin below the first level, at most two levels
-            swin_levels=tuple(range(1, min(3, len(section["channel_mult"])))),
-        )
+        schedule = resshift_schedule(section)
+        net = swin_unet_config(section, in_channels=2 * latent_channels, out_channels=latent_channels)
         return cls(
             schedule, net, autoencoder, section["vqgan_checkpoint"], loss_weighting=section["loss_weighting"], name=name
         )
 
     def config(self) -> dict[str, Any]:
-        s, n = self.schedule, self.net_config
         return {
             self.name: {
-                **{k: getattr(s, k) for k in _SCHEDULE_KEYS},
-                "loss_weighting": self.loss_weighting,
-                "model_channels": n.model_channels,
-                "channel_mult": list(n.channel_mult),
-                "num_res_blocks": n.num_res_blocks,
-                "swin_depth": n.swin_depth,
-                "window_size": n.window_size,
+                **resshift_section(self.schedule, self.net_config, self.loss_weighting),
                 "vqgan_checkpoint": self.vqgan_checkpoint,
             }
         }
@@ -156,9 +139,7 @@ class CellResDMLatent(Method):
         y0 = self.condition_latent(batch["bf"])
         with torch.no_grad():
             x0 = self.autoencoder.encode_groups(target_of(batch))
-        t = torch.randint(0, self.schedule.steps, (x0.shape[0],), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        return self.diffusion.training_losses(network, x0, y0, t, noise)["loss"].mean()
+        return resshift_loss(self.diffusion, network, x0, y0, generator)
 
     def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         """(T, B, 3 D, H, W) at pixel resolution; :meth:`sample` uses ``noise[..., ::f, ::f]`` (module doc)."""

@@ -15,12 +15,16 @@ compares the 5 IF channels only (the boundary masks are binary, far from the ima
 them) and is off when ``vgg_weights`` is null (a warning is logged and :meth:`Pix2Pix.config` records
 ``perceptual: false``). Sampling runs the generator alone in eval mode: deterministic, dropout off (pix2pix kept
 dropout on at test time as its noise source; here the baseline is a deterministic regression).
+
+Also home of what ``spade`` shares: :class:`AdversarialTraining` (the loss container's parts and perceptual term)
+and :class:`AdversarialMethod` (config keys, checks and construction of a GAN baseline).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from abc import abstractmethod
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +52,7 @@ from cellresdm.nets.discriminator import (
 from cellresdm.nets.unet_generator import UNetGenerator, UNetGeneratorConfig
 from cellresdm.nets.vgg import VGG16Features, perceptual_loss, resolve_vgg
 
-__all__ = ["Pix2Pix", "Pix2PixTraining", "Pix2PixWeights"]
+__all__ = ["AdversarialMethod", "AdversarialTraining", "Pix2Pix", "Pix2PixTraining", "Pix2PixWeights"]
 
 N_IF = len(layout.IF_CHANNELS)
 
@@ -63,21 +67,26 @@ class Pix2PixWeights:
     gan_mode: str = "bce"
 
 
-class Pix2PixTraining(nn.Module):
-    """Generator + PatchGAN (+ frozen VGG16); ``forward`` returns the loss terms (module doc)."""
+class AdversarialTraining(nn.Module):
+    """Generator, discriminator and optional frozen VGG16 in one module, so the trainer optimises, averages (EMA)
+    and checkpoints them together; a subclass's ``forward(bf, target)`` returns its loss terms."""
 
-    def __init__(
-        self,
-        generator: UNetGenerator,
-        discriminator: PatchDiscriminator,
-        vgg: VGG16Features | None,
-        weights: Pix2PixWeights,
-    ) -> None:
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, vgg: VGG16Features | None, weights: Any) -> None:
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
         self.vgg = vgg
         self.weights = weights
+
+    def perceptual_term(self, fake: Tensor, target: Tensor) -> Tensor:
+        """VGG loss of the 5 IF channels of ``fake`` against ``target`` (module doc); 0 without VGG weights."""
+        if self.vgg is None:
+            return fake.new_zeros(())
+        return perceptual_loss(self.vgg, fake[:, :N_IF], target[:, :N_IF])
+
+
+class Pix2PixTraining(AdversarialTraining):
+    """Generator + PatchGAN (+ frozen VGG16); ``forward`` returns the loss terms (module doc)."""
 
     def forward(self, bf: Tensor, target: Tensor) -> dict[str, Tensor]:
         """``bf`` (B, 3, H, W) and ``target`` (B, 7, H, W), both in [-1, 1] -> scalar tensors ``loss`` (what is
@@ -91,20 +100,104 @@ class Pix2PixTraining(nn.Module):
         )
         g_adv = generator_loss(frozen_call(self.discriminator, torch.cat([bf, fake], 1)), w.gan_mode)
         l1 = (fake - target).abs().mean()
-        if self.vgg is not None:
-            perceptual = perceptual_loss(self.vgg, fake[:, :N_IF], target[:, :N_IF])
-        else:
-            perceptual = fake.new_zeros(())
+        perceptual = self.perceptual_term(fake, target)
         loss = w.l1 * l1 + w.adversarial * g_adv + w.perceptual * perceptual + d
         return {"loss": loss, "l1": l1, "g_adv": g_adv, "perceptual": perceptual, "d": d}
 
 
+def _weight_key(field_name: str) -> str:
+    """The config key of a loss-weights field: ``gan_mode`` as is, the weight of term ``t`` as ``t_weight``."""
+    return field_name if field_name == "gan_mode" else f"{field_name}_weight"
+
+
 class AdversarialMethod(GeneratorMethod):
     """A GAN generator trained with its discriminator (and VGG) inside one container ``network`` whose forward
-    returns the loss terms (``loss`` and the detached parts, see the containers)."""
+    returns the loss terms (``loss`` and the detached parts, see the containers).
 
+    Config, validation and construction are shared; a subclass names its section (``name``), discriminator keys
+    (:attr:`disc_keys`, stored as attributes of the same names before ``super().__init__``), loss weights
+    (:attr:`weights_class`) and implements the four hooks :meth:`net_from_section`, :meth:`net_section`,
+    :meth:`build_discriminator` and :meth:`build_network`.
+    """
+
+    #: the discriminator's config keys, each also an ``__init__`` argument and an attribute of the same name
+    disc_keys: ClassVar[tuple[str, ...]]
+    #: the frozen dataclass of the loss weights, with a ``gan_mode`` field; its field ``t`` is config key ``t_weight``
+    weights_class: ClassVar[type]
     #: the detached loss terms of the last :meth:`loss` call
     last_terms: dict[str, Tensor]
+
+    def __init__(self, net: Any, weights: Any, size_multiple: int, vgg_weights: str | None, crop_size: int) -> None:
+        """Check the settings and build :attr:`network` from the generator architecture ``net``, the
+        :attr:`weights_class` instance ``weights`` and the subclass's ``disc_*`` attributes.
+
+        Args:
+            size_multiple: the generator's input size multiple, which ``crop_size`` must fit.
+        """
+        if weights.gan_mode not in GAN_MODES:
+            raise ConfigError(f"{self.name}.gan_mode must be one of {', '.join(GAN_MODES)}, got {weights.gan_mode!r}")
+        check_crop(self.name, crop_size, size_multiple)
+        self.net_config = net
+        self.weights = weights
+        self.vgg_weights = vgg_weights
+        self.crop_size = crop_size
+        try:
+            disc = self.build_discriminator()
+        except ValueError as exc:
+            raise ConfigError(f"config section '{self.name}': {exc}") from exc
+        check_disc_crop(self.name, crop_size, disc)
+        vgg = resolve_vgg(vgg_weights, self.name)
+        # build_network makes the generator after the discriminator: the order fixes the seeded initial weights
+        self.network = self.build_network(disc, vgg)
+
+    @classmethod
+    @abstractmethod
+    def net_from_section(cls, section: dict[str, Any]) -> Any:
+        """The generator architecture of the config section (its keys checked, errors as :class:`ConfigError`)."""
+
+    @abstractmethod
+    def net_section(self) -> dict[str, Any]:
+        """The generator's section keys (inverse of :meth:`net_from_section`)."""
+
+    @abstractmethod
+    def build_discriminator(self) -> nn.Module:
+        """A new discriminator of the ``disc_*`` attributes; :class:`ValueError` for impossible settings."""
+
+    @abstractmethod
+    def build_network(self, disc: nn.Module, vgg: VGG16Features | None) -> AdversarialTraining:
+        """The training container of a new generator, ``disc`` and ``vgg``."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AdversarialMethod:
+        section = config_section(config, cls.name)
+
+        def key(k: str) -> Any:
+            return config_key(section, cls.name, k)
+
+        weights = cls.weights_class(**{f.name: key(_weight_key(f.name)) for f in fields(cls.weights_class)})
+        return cls(
+            cls.net_from_section(section),
+            weights,
+            **{k: key(k) for k in cls.disc_keys},
+            vgg_weights=key("vgg_weights"),
+            crop_size=key("crop_size"),
+        )
+
+    def config(self) -> dict[str, Any]:
+        w = self.weights
+        loss_terms = {_weight_key(f.name): getattr(w, f.name) for f in fields(w) if f.name != "gan_mode"}
+        return {
+            self.name: {
+                **self.net_section(),
+                **{k: getattr(self, k) for k in self.disc_keys},
+                "gan_mode": w.gan_mode,
+                **loss_terms,
+                "vgg_weights": self.vgg_weights,
+                "crop_size": self.crop_size,
+                # recorded for the report; not read back by from_config
+                "perceptual": self.perceptual,
+            }
+        }
 
     @property
     def generator(self) -> nn.Module:
@@ -126,6 +219,8 @@ class Pix2Pix(AdversarialMethod):
     """pix2pix with the trainer's single optimiser (config section ``pix2pix``)."""
 
     name = "pix2pix"
+    disc_keys = ("disc_channels", "disc_layers", "disc_norm")
+    weights_class = Pix2PixWeights
 
     def __init__(
         self,
@@ -137,62 +232,20 @@ class Pix2Pix(AdversarialMethod):
         vgg_weights: str | None = None,
         crop_size: int = 256,
     ) -> None:
-        if weights.gan_mode not in GAN_MODES:
-            raise ConfigError(f"{self.name}.gan_mode must be one of {', '.join(GAN_MODES)}, got {weights.gan_mode!r}")
-        check_crop(self.name, crop_size, 2**net.depth)
-        self.net_config = net
-        self.weights = weights
         self.disc_channels = disc_channels
         self.disc_layers = disc_layers
         self.disc_norm = disc_norm
-        self.vgg_weights = vgg_weights
-        self.crop_size = crop_size
-        try:
-            disc = PatchDiscriminator(3 + N_OUTPUT_CHANNELS, disc_channels, disc_layers, norm=disc_norm)
-        except ValueError as exc:
-            raise ConfigError(f"config section '{self.name}': {exc}") from exc
-        check_disc_crop(self.name, crop_size, disc)
-        vgg = resolve_vgg(vgg_weights, self.name)
-        self.network = Pix2PixTraining(UNetGenerator(net), disc, vgg, weights)
+        super().__init__(net, weights, 2**net.depth, vgg_weights, crop_size)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Pix2Pix:
-        section = config_section(config, cls.name)
+    def net_from_section(cls, section: dict[str, Any]) -> UNetGeneratorConfig:
+        return generator_config(section, cls.name)
 
-        def key(k: str) -> Any:
-            return config_key(section, cls.name, k)
+    def net_section(self) -> dict[str, Any]:
+        return generator_section(self.net_config)
 
-        weights = Pix2PixWeights(
-            l1=key("l1_weight"),
-            adversarial=key("adversarial_weight"),
-            perceptual=key("perceptual_weight"),
-            gan_mode=key("gan_mode"),
-        )
-        return cls(
-            generator_config(section, cls.name),
-            weights,
-            disc_channels=key("disc_channels"),
-            disc_layers=key("disc_layers"),
-            disc_norm=key("disc_norm"),
-            vgg_weights=key("vgg_weights"),
-            crop_size=key("crop_size"),
-        )
+    def build_discriminator(self) -> PatchDiscriminator:
+        return PatchDiscriminator(3 + N_OUTPUT_CHANNELS, self.disc_channels, self.disc_layers, norm=self.disc_norm)
 
-    def config(self) -> dict[str, Any]:
-        w = self.weights
-        return {
-            self.name: {
-                **generator_section(self.net_config),
-                "disc_channels": self.disc_channels,
-                "disc_layers": self.disc_layers,
-                "disc_norm": self.disc_norm,
-                "gan_mode": w.gan_mode,
-                "l1_weight": w.l1,
-                "adversarial_weight": w.adversarial,
-                "perceptual_weight": w.perceptual,
-                "vgg_weights": self.vgg_weights,
-                "crop_size": self.crop_size,
-                # recorded for the report; not read back by from_config
-                "perceptual": self.perceptual,
-            }
-        }
+    def build_network(self, disc: nn.Module, vgg: VGG16Features | None) -> Pix2PixTraining:
+        return Pix2PixTraining(UNetGenerator(self.net_config), disc, vgg, self.weights)

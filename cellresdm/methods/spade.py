@@ -25,15 +25,9 @@ from torch import Tensor, nn
 
 from cellresdm.errors import ConfigError
 from cellresdm.methods.base import N_OUTPUT_CHANNELS
-from cellresdm.methods.pix2pix import N_IF, AdversarialMethod
-from cellresdm.methods.unet_regression import (
-    check_crop,
-    check_disc_crop,
-    config_key,
-    config_section,
-)
+from cellresdm.methods.pix2pix import AdversarialMethod, AdversarialTraining
+from cellresdm.methods.unet_regression import config_key
 from cellresdm.nets.discriminator import (
-    GAN_MODES,
     MultiScaleDiscriminator,
     discriminator_loss,
     feature_matching_loss,
@@ -41,7 +35,7 @@ from cellresdm.nets.discriminator import (
     generator_loss,
 )
 from cellresdm.nets.spade import SPADEGenerator, SPADEGeneratorConfig
-from cellresdm.nets.vgg import VGG16Features, perceptual_loss, resolve_vgg
+from cellresdm.nets.vgg import VGG16Features
 
 __all__ = ["SPADE", "SPADETraining", "SPADEWeights"]
 
@@ -60,21 +54,8 @@ class SPADEWeights:
     gan_mode: str = "hinge"
 
 
-class SPADETraining(nn.Module):
+class SPADETraining(AdversarialTraining):
     """SPADE generator + multi-scale discriminator (+ frozen VGG16); ``forward`` returns the loss terms."""
-
-    def __init__(
-        self,
-        generator: SPADEGenerator,
-        discriminator: MultiScaleDiscriminator,
-        vgg: VGG16Features | None,
-        weights: SPADEWeights,
-    ) -> None:
-        super().__init__()
-        self.generator = generator
-        self.discriminator = discriminator
-        self.vgg = vgg
-        self.weights = weights
 
     def forward(self, bf: Tensor, target: Tensor) -> dict[str, Tensor]:
         """``bf`` (B, 3, H, W) and ``target`` (B, 7, H, W), both in [-1, 1] -> scalar tensors ``loss`` (what is
@@ -87,10 +68,7 @@ class SPADETraining(nn.Module):
         g_adv = generator_loss(fake_out, w.gan_mode)
         fm = feature_matching_loss(real_out, fake_out)
         l1 = (fake - target).abs().mean()
-        if self.vgg is not None:
-            perceptual = perceptual_loss(self.vgg, fake[:, :N_IF], target[:, :N_IF])
-        else:
-            perceptual = fake.new_zeros(())
+        perceptual = self.perceptual_term(fake, target)
         loss = w.adversarial * g_adv + w.feature_matching * fm + w.perceptual * perceptual + w.l1 * l1 + d
         return {"loss": loss, "g_adv": g_adv, "feature_matching": fm, "perceptual": perceptual, "l1": l1, "d": d}
 
@@ -99,6 +77,8 @@ class SPADE(AdversarialMethod):
     """SPADE GAN with the trainer's single optimiser (config section ``spade``)."""
 
     name = "spade"
+    disc_keys = ("disc_channels", "disc_layers", "disc_scales")
+    weights_class = SPADEWeights
 
     def __init__(
         self,
@@ -110,77 +90,31 @@ class SPADE(AdversarialMethod):
         vgg_weights: str | None = None,
         crop_size: int = 256,
     ) -> None:
-        if weights.gan_mode not in GAN_MODES:
-            raise ConfigError(f"{self.name}.gan_mode must be one of {', '.join(GAN_MODES)}, got {weights.gan_mode!r}")
-        check_crop(self.name, crop_size, 2**net.n_up)
-        self.net_config = net
-        self.weights = weights
         self.disc_channels = disc_channels
         self.disc_layers = disc_layers
         self.disc_scales = disc_scales
-        self.vgg_weights = vgg_weights
-        self.crop_size = crop_size
-        try:
-            disc = MultiScaleDiscriminator(
-                3 + N_OUTPUT_CHANNELS,
-                n_scales=disc_scales,
-                base_channels=disc_channels,
-                n_layers=disc_layers,
-                norm="instance",
-                spectral_norm=True,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"config section '{self.name}': {exc}") from exc
-        check_disc_crop(self.name, crop_size, disc)
-        vgg = resolve_vgg(vgg_weights, self.name)
-        self.network = SPADETraining(SPADEGenerator(net), disc, vgg, weights)
+        super().__init__(net, weights, 2**net.n_up, vgg_weights, crop_size)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> SPADE:
-        section = config_section(config, cls.name)
-
-        def key(k: str) -> Any:
-            return config_key(section, cls.name, k)
-
+    def net_from_section(cls, section: dict[str, Any]) -> SPADEGeneratorConfig:
+        values = {k: config_key(section, cls.name, k) for k in GENERATOR_KEYS}
         try:
-            net = SPADEGeneratorConfig(
-                cond_channels=3, out_channels=N_OUTPUT_CHANNELS, **{k: key(k) for k in GENERATOR_KEYS}
-            )
+            return SPADEGeneratorConfig(cond_channels=3, out_channels=N_OUTPUT_CHANNELS, **values)
         except ValueError as exc:
             raise ConfigError(f"config section '{cls.name}': {exc}") from exc
-        weights = SPADEWeights(
-            adversarial=key("adversarial_weight"),
-            feature_matching=key("feature_matching_weight"),
-            perceptual=key("perceptual_weight"),
-            l1=key("l1_weight"),
-            gan_mode=key("gan_mode"),
-        )
-        return cls(
-            net,
-            weights,
-            disc_channels=key("disc_channels"),
-            disc_layers=key("disc_layers"),
-            disc_scales=key("disc_scales"),
-            vgg_weights=key("vgg_weights"),
-            crop_size=key("crop_size"),
+
+    def net_section(self) -> dict[str, Any]:
+        return {k: getattr(self.net_config, k) for k in GENERATOR_KEYS}
+
+    def build_discriminator(self) -> MultiScaleDiscriminator:
+        return MultiScaleDiscriminator(
+            3 + N_OUTPUT_CHANNELS,
+            n_scales=self.disc_scales,
+            base_channels=self.disc_channels,
+            n_layers=self.disc_layers,
+            norm="instance",
+            spectral_norm=True,
         )
 
-    def config(self) -> dict[str, Any]:
-        w = self.weights
-        return {
-            self.name: {
-                **{k: getattr(self.net_config, k) for k in GENERATOR_KEYS},
-                "disc_channels": self.disc_channels,
-                "disc_layers": self.disc_layers,
-                "disc_scales": self.disc_scales,
-                "gan_mode": w.gan_mode,
-                "adversarial_weight": w.adversarial,
-                "feature_matching_weight": w.feature_matching,
-                "perceptual_weight": w.perceptual,
-                "l1_weight": w.l1,
-                "vgg_weights": self.vgg_weights,
-                "crop_size": self.crop_size,
-                # recorded for the report; not read back by from_config
-                "perceptual": self.perceptual,
-            }
-        }
+    def build_network(self, disc: nn.Module, vgg: VGG16Features | None) -> SPADETraining:
+        return SPADETraining(SPADEGenerator(self.net_config), disc, vgg, self.weights)
