@@ -224,7 +224,7 @@ def predict_dataset(
             "seconds_total": seconds,
             "seconds_per_image": seconds / max(n, 1),
             "images_per_second": n / seconds if seconds > 0 else float("inf"),
-            "steps": getattr(getattr(method, "schedule", None), "steps", None),
+            "steps": method.sampling_steps,
             "tile": settings.tile,
             "overlap": settings.overlap,
             "batch": settings.batch_size,

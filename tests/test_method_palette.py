@@ -97,6 +97,7 @@ def test_guided_sampling_batches_both_branches(cls):
     noise = torch.randn(method.noise_shape(3, 16, 16))
     guided = method.sample(bf, noise=noise)
     assert batches == [6] * TINY["sample_steps"]
+    assert method.sampling_steps == TINY["sample_steps"]  # what sampling records as "steps", not the training T
     plain = perturbed(tiny(cls)).sample(bf, noise=noise)
     assert guided.shape == plain.shape and not torch.equal(guided, plain)
 

@@ -119,4 +119,5 @@ def test_predict_dataset_writes_mean_std_and_timing(tmp_path):
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved == record and saved["fields"] == n and saved["seconds_per_image"] > 0
     assert saved["image_size"] == [size, size] and saved["device"].startswith("cpu")
+    assert saved["steps"] is None  # a one-pass method has no chain
     assert (tmp_path / "pred.zarr" / "fields.parquet").exists()

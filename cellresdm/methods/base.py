@@ -55,6 +55,12 @@ class Method(ABC):
         """Shape of the noise tensor :meth:`sample` consumes for a batch of this size; spatial dims last."""
 
     @property
+    def sampling_steps(self) -> int | None:
+        """Steps of the sampling chain (one network evaluation each, before guidance); None for a one-pass
+        generator."""
+        return None
+
+    @property
     @abstractmethod
     def size_multiple(self) -> int:
         """Height and width of a sampled image must be multiples of this."""

@@ -147,6 +147,10 @@ class CellResDMLatent(Method):
         return (self.schedule.steps, batch, channels, height, width)
 
     @property
+    def sampling_steps(self) -> int:
+        return self.schedule.steps
+
+    @property
     def size_multiple(self) -> int:
         return self.factor * self.network.unet.size_multiple
 

@@ -93,6 +93,10 @@ class CellResDM(Method):
         return (self.schedule.steps, batch, N_OUTPUT_CHANNELS, height, width)
 
     @property
+    def sampling_steps(self) -> int:
+        return self.schedule.steps
+
+    @property
     def size_multiple(self) -> int:
         return self.network.size_multiple
 

@@ -189,6 +189,10 @@ class ConditionalDDPM(Method):
         return (1, batch, N_OUTPUT_CHANNELS, height, width)
 
     @property
+    def sampling_steps(self) -> int:
+        return self.sample_steps
+
+    @property
     def size_multiple(self) -> int:
         return self.network.size_multiple
 
