@@ -12,8 +12,8 @@ from cellresdm.nets.layers import ResBlock, num_groups
 from cellresdm.nets.swin_unet import (
     SwinBlock,
     shifted_window_mask,
+    window_index,
     window_partition,
-    window_reverse,
 )
 
 SMALL = SwinUNetConfig(model_channels=32, channel_mult=(1, 2, 2), window_size=8)
@@ -55,13 +55,23 @@ def test_small_feature_maps_use_whole_map_as_window():
         assert model(torch.randn(1, 14, 16, 16), torch.tensor([2])).shape == (1, 7, 16, 16)
 
 
-def test_window_partition_roundtrip():
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) map or (B, H * W, C) rows, (K,) row-major pixel indices -> (B, K, C)."""
+    return x.reshape(x.shape[0], -1, x.shape[-1]).index_select(1, index)
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (4, 2)])
+def test_window_partition_and_index_roundtrip(shift):
     x = torch.randn(2, 16, 24, 5)
     windows = window_partition(x, 8, 4)
     assert windows.shape == (2 * 2 * 6, 32, 5)
     # first window of the first image is its top-left 8x4 patch, row-major
     assert torch.equal(windows[0], x[0, :8, :4].reshape(32, 5))
-    assert torch.equal(window_reverse(windows, 8, 4, 16, 24), x)
+    # the gather index is roll + partition in one step, and its argsort puts the windows back
+    index = window_index(16, 24, (8, 4), shift)
+    rolled = window_partition(torch.roll(x, (-shift[0], -shift[1]), (1, 2)), 8, 4)
+    assert torch.equal(_gather(x, index).view(-1, 32, 5), rolled)
+    assert torch.equal(_gather(rolled.view(2, -1, 5), index.argsort()).view(x.shape), x)
 
 
 def test_shifted_window_mask_separates_regions():
@@ -94,20 +104,16 @@ def test_shifted_attention_blocks_cross_region_information():
     h, w = 16, 16
     # after rolling by -4, the bottom-right window holds original rows/cols {12..15, 0..3};
     # original pixel (0, 0) lands in the wrapped region, original (12, 12) in another region of the same window.
-    y0 = block.attn(
-        window_partition(torch.roll(block.norm1(x), (-4, -4), (1, 2)), 8, 8),
-        (8, 8),
-        shifted_window_mask(h, w, (8, 8), (4, 4)),
-    )
+    mask = shifted_window_mask(h, w, (8, 8), (4, 4))
+    unpartition = window_index(h, w, (8, 8), (0, 0)).argsort()
+
+    def attend(x):  # rolled map after attention
+        y = block.attn(window_partition(torch.roll(block.norm1(x), (-4, -4), (1, 2)), 8, 8), (8, 8), mask)
+        return _gather(y.view(1, -1, 16), unpartition).view(1, h, w, 16)
+
     x2 = x.clone()
     x2[0, 12, 12] += 3.0 * torch.randn(16)
-    y1 = block.attn(
-        window_partition(torch.roll(block.norm1(x2), (-4, -4), (1, 2)), 8, 8),
-        (8, 8),
-        shifted_window_mask(h, w, (8, 8), (4, 4)),
-    )
-    a = window_reverse(y0, 8, 8, h, w)
-    b = window_reverse(y1, 8, 8, h, w)
+    a, b = attend(x), attend(x2)
     # rolled coordinates: original (0, 0) -> (12, 12); original (12, 12) -> (8, 8)
     assert torch.allclose(a[0, 12, 12], b[0, 12, 12], atol=1e-6)
     assert not torch.allclose(a[0, 8, 8], b[0, 8, 8])
@@ -133,6 +139,49 @@ def test_shift_on_single_window_map_is_plain_attention():
         ref = x + ref.view(2, 8, 8, 16)
         ref = ref + regular.mlp(regular.norm2(ref))
         assert torch.allclose(regular(x), ref, atol=1e-5)
+
+
+def _reference_block(block: SwinBlock, x: torch.Tensor) -> torch.Tensor:
+    """SwinBlock forward written out: roll, partition, explicit softmax with bias + shift mask, reverse, roll back."""
+    b, h, w, c = x.shape
+    (wh, ww), (sh, sw) = block.geometry(h, w)
+    attn, heads, n = block.attn, block.attn.num_heads, wh * ww
+    windows = window_partition(torch.roll(block.norm1(x), (-sh, -sw), (1, 2)), wh, ww)
+    q, k, v = attn.qkv(windows).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    logits = q @ k.transpose(-1, -2) * (c // heads) ** -0.5 + attn.bias(wh, ww)
+    if sh or sw:
+        logits = logits + shifted_window_mask(h, w, (wh, ww), (sh, sw)).repeat(b, 1, 1)[:, None]
+    out = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, c))
+    out = out.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+    x = x + torch.roll(out, (sh, sw), (1, 2))
+    return x + block.mlp(block.norm2(x))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("size", [(16, 24), (16, 8), (8, 8), (4, 6)])
+def test_block_matches_reference(batch, shift, size):
+    block = SwinBlock(16, 4, 8, shift=shift).eval()
+    _perturb(block)
+    x = torch.randn(batch, *size, 16)
+    with torch.no_grad():
+        assert torch.allclose(block(x), _reference_block(block, x), atol=1e-5)
+
+
+def test_block_window_cache():
+    """Indices and mask are built once per map size, stay out of the state_dict, and a cache filled under
+    inference mode serves training."""
+    block = SwinBlock(16, 4, 8, shift=True)
+    keys = set(block.state_dict())
+    with torch.inference_mode():
+        block(torch.randn(2, 16, 16, 16))
+    cached = block.windows(16, 16, torch.device("cpu"))
+    assert block.windows(16, 16, torch.device("cpu"))[1] is cached[1] and cached[3].shape == (4, 64, 64)
+    assert set(block.state_dict()) == keys
+    x = torch.randn(2, 16, 16, 16, requires_grad=True)
+    block(x).square().sum().backward()
+    assert x.grad is not None and block.attn.rel_bias.grad is not None
+    assert block.windows(8, 8, torch.device("cpu"))[3] is None  # one window: no shift, no mask
 
 
 def test_timestep_conditioning_matters():

@@ -1,6 +1,6 @@
 """UNet with Swin transformer blocks, the CellResDM / ResShift (``UNetModelSwin``) denoising backbone.
 
-Layout (improved-diffusion UNet):
+Layout (improved-diffusion UNet, :class:`~cellresdm.nets.layers.UNetSkeleton`, shared with the Palette UNet):
 
 - ``conv_in`` 3x3 ``in_channels -> model_channels``; the integer step goes through a sinusoidal embedding and an
   MLP (width ``4 * model_channels``) that drives every :class:`~cellresdm.nets.layers.ResBlock` by FiLM.
@@ -36,16 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from cellresdm.nets.layers import (
-    Downsample,
-    ResBlock,
-    TimestepEmbedder,
-    TimestepSequential,
-    Upsample,
-    count_parameters,
-    group_norm,
-    zero_module,
-)
+from cellresdm.nets.layers import UNetSkeleton, attention_heads, count_parameters
 
 __all__ = [
     "SwinBlock",
@@ -56,8 +47,8 @@ __all__ = [
     "count_parameters",
     "relative_position_index",
     "shifted_window_mask",
+    "window_index",
     "window_partition",
-    "window_reverse",
 ]
 
 
@@ -72,12 +63,17 @@ def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
     return x.reshape(b * (h // wh) * (w // ww), wh * ww, c)
 
 
-def window_reverse(windows: Tensor, wh: int, ww: int, h: int, w: int) -> Tensor:
-    """Inverse of :func:`window_partition`: (B * nW, wh * ww, C) -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    b = windows.shape[0] // ((h // wh) * (w // ww))
-    x = windows.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
+def window_index(
+    h: int, w: int, window: tuple[int, int], shift: tuple[int, int], device: torch.device | None = None
+) -> Tensor:
+    """(nW * N,) row-major pixel indices of the windows taken after ``torch.roll(x, (-sh, -sw))``.
+
+    ``x.view(B, H * W, C).index_select(1, index).view(B * nW, N, C)`` equals
+    ``window_partition(torch.roll(x, (-sh, -sw), (1, 2)), wh, ww)`` in one gather; ``index.argsort()`` is the
+    inverse (windows back to the unrolled (H * W) map).
+    """
+    pixels = torch.arange(h * w, device=device).view(1, h, w, 1)
+    return window_partition(torch.roll(pixels, (-shift[0], -shift[1]), (1, 2)), *window).reshape(-1)
 
 
 def shifted_window_mask(
@@ -143,7 +139,7 @@ class WindowAttention(nn.Module):
         return self.rel_bias[index.reshape(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
 
     def forward(self, x: Tensor, window: tuple[int, int], mask: Tensor | None = None) -> Tensor:
-        """x (B * nW, N, C) windows; ``mask`` (nW, N, N) additive or None -> (B * nW, N, C)."""
+        """x (B * nW, N, C) windows (image-major); ``mask`` (nW, N, N) additive or None -> (B * nW, N, C)."""
         bw, n, c = x.shape
         qkv = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B * nW, heads, N, hd)
@@ -153,6 +149,9 @@ class WindowAttention(nn.Module):
         else:
             nw = mask.shape[0]
             attn_mask = (bias[None] + mask[:, None]).to(q.dtype)  # (nW, heads, N, N)
+            # Copied per image: SDPA broadcasts a mask over images only for 5-D inputs, which it runs on its slow
+            # (and not bit-identical) math path; one call per image is slower still on CPU and on GPU trades this
+            # copy for one of the outputs, as large at the paper's widths.
             attn_mask = attn_mask[None].expand(bw // nw, -1, -1, -1, -1).reshape(bw, self.num_heads, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
@@ -164,6 +163,10 @@ class SwinBlock(nn.Module):
     ``shift=True`` rolls the map by ``-window_size // 2`` before windowing (and back after) and masks attention
     between tokens of different regions. A side at most ``window_size`` long becomes a single window and that
     side is not shifted.
+
+    Roll + window partition (and its inverse) run as one ``index_select`` each with indices that, like the shift
+    mask, depend only on the map size: they are built on the first call for a (H, W, device, dtype) and kept for
+    the next calls (a plain attribute, not part of the state_dict).
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class SwinBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
         )
+        self._windows: tuple[tuple, tuple[int, int], Tensor, Tensor, Tensor | None] | None = None
 
     def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """Effective (window, shift) for an (h, w) map; ValueError when a side does not tile."""
@@ -190,19 +194,30 @@ class SwinBlock(nn.Module):
         sw = ws // 2 if self.shift and w > ws else 0
         return (wh, ww), (sh, sw)
 
+    def windows(self, h: int, w: int, device: torch.device) -> tuple[tuple[int, int], Tensor, Tensor, Tensor | None]:
+        """(window, gather index (nW * N,), its inverse (H * W,), shift mask (nW, N, N) or None) for an (h, w) map.
+
+        Cached for the last (h, w, device, bias dtype); built outside inference mode, so that a cache filled while
+        sampling also serves training (``index_select`` saves its index for the backward pass).
+        """
+        key = (h, w, device, self.attn.rel_bias.dtype)
+        if self._windows is None or self._windows[0] != key:
+            window, shift = self.geometry(h, w)
+            with torch.inference_mode(False):
+                index = window_index(h, w, window, shift, device)
+                mask = None
+                if shift != (0, 0):
+                    mask = shifted_window_mask(h, w, window, shift, device).to(self.attn.rel_bias.dtype)
+                self._windows = (key, window, index, index.argsort(), mask)
+        return self._windows[1:]
+
     def forward(self, x: Tensor) -> Tensor:
-        _, h, w, _ = x.shape
-        (wh, ww), (sh, sw) = self.geometry(h, w)
-        y = self.norm1(x)
-        mask = None
-        if sh or sw:
-            y = torch.roll(y, shifts=(-sh, -sw), dims=(1, 2))
-            mask = shifted_window_mask(h, w, (wh, ww), (sh, sw), device=x.device)
-        y = self.attn(window_partition(y, wh, ww), (wh, ww), mask)
-        y = window_reverse(y, wh, ww, h, w)
-        if sh or sw:
-            y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
-        x = x + y
+        """x (B, H, W, C) -> (B, H, W, C)."""
+        b, h, w, c = x.shape
+        (wh, ww), index, inverse, mask = self.windows(h, w, x.device)
+        y = self.norm1(x).view(b, h * w, c).index_select(1, index).view(-1, wh * ww, c)
+        y = self.attn(y, (wh, ww), mask)
+        x = x + y.view(b, h * w, c).index_select(1, inverse).view(b, h, w, c)
         return x + self.mlp(self.norm2(x))
 
 
@@ -227,7 +242,9 @@ class SwinLayer(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x.permute(0, 2, 3, 1)
+        """x (B, C, H, W) -> (B, C, H, W)."""
+        # One channels-last copy up front: on a permuted view every LayerNorm would copy its input to contiguous.
+        y = x.permute(0, 2, 3, 1).contiguous()
         for block in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 y = checkpoint(block, y, use_reentrant=False)
@@ -269,87 +286,43 @@ class SwinUNetConfig:
     use_checkpoint: bool = False
 
 
-class SwinUNet(nn.Module):
-    """x_0-predicting denoiser: ``forward(x (B, in_channels, H, W), t (B,) int) -> (B, out_channels, H, W)``."""
+class SwinUNet(UNetSkeleton):
+    """x_0-predicting denoiser: ``forward(x (B, in_channels, H, W), t (B,) int) -> (B, out_channels, H, W)``.
+
+    The :class:`~cellresdm.nets.layers.UNetSkeleton` with a :class:`SwinLayer` as the level block."""
+
+    config: SwinUNetConfig
 
     def __init__(self, config: SwinUNetConfig | None = None) -> None:
-        super().__init__()
         cfg = config or SwinUNetConfig()
-        self.config = cfg
-        n_levels = len(cfg.channel_mult)
-        if n_levels < 1 or cfg.num_res_blocks < 1 or cfg.window_size < 1:
-            raise ValueError("channel_mult must be non-empty; num_res_blocks and window_size must be >= 1")
-        for lvl in cfg.swin_levels:
-            if not -n_levels <= lvl < n_levels:
-                raise ValueError(f"swin_levels entry {lvl} is out of range for {n_levels} levels")
-        self.swin_levels = frozenset(lvl % n_levels for lvl in cfg.swin_levels)
-        mc = cfg.model_channels
-        emb_dim = 4 * mc
-        self.time_embed = TimestepEmbedder(mc, emb_dim)
+        if cfg.window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {cfg.window_size}")
+        super().__init__(cfg, cfg.swin_levels, cfg.swin_in_middle, "swin_levels")
 
-        def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, emb_dim, cout, cfg.dropout, cfg.norm_groups, cfg.use_checkpoint)
-
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
-        skips = [mc]
-        ch = mc
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [res(ch, mult * mc)]
-                ch = mult * mc
-                if level in self.swin_levels:
-                    layers.append(self._swin(ch))
-                self.input_blocks.append(TimestepSequential(*layers))
-                skips.append(ch)
-            if level != n_levels - 1:
-                self.input_blocks.append(TimestepSequential(Downsample(ch)))
-                skips.append(ch)
-        middle: list[nn.Module] = [res(ch, ch)]
-        if cfg.swin_in_middle:
-            middle.append(self._swin(ch))
-        middle.append(res(ch, ch))
-        self.middle_block = TimestepSequential(*middle)
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [res(ch + skips.pop(), mult * mc)]
-                ch = mult * mc
-                if level in self.swin_levels:
-                    layers.append(self._swin(ch))
-                if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch))
-                self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(
-            group_norm(ch, cfg.norm_groups), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+    def level_block(self, channels: int) -> SwinLayer:
+        """``swin_depth`` Swin blocks on a (B, channels, H, W) map."""
+        cfg = self.config
+        heads = attention_heads(channels, cfg.num_heads, cfg.head_channels)
+        return SwinLayer(
+            channels, cfg.swin_depth, heads, cfg.window_size, cfg.mlp_ratio, cfg.dropout, cfg.use_checkpoint
         )
 
-    def _swin(self, ch: int) -> SwinLayer:
-        cfg = self.config
-        if cfg.head_channels:
-            if ch % cfg.head_channels:
-                raise ValueError(f"width {ch} is not divisible by head_channels={cfg.head_channels}")
-            heads = ch // cfg.head_channels
-        else:
-            heads = cfg.num_heads
-        return SwinLayer(ch, cfg.swin_depth, heads, cfg.window_size, cfg.mlp_ratio, cfg.dropout, cfg.use_checkpoint)
+    def _swin_map_levels(self) -> set[int]:
+        """Levels whose feature maps go through Swin blocks (``swin_levels``, plus the deepest with the middle)."""
+        return set(self.block_levels) | ({len(self.config.channel_mult) - 1} if self.config.swin_in_middle else set())
 
     @property
     def size_multiple(self) -> int:
         """Sizes that are multiples of this always pass :meth:`check_input_size` (what a tiled sampler pads to)."""
-        cfg = self.config
-        levels = set(self.swin_levels) | ({len(cfg.channel_mult) - 1} if cfg.swin_in_middle else set())
-        factor = 2 ** (len(cfg.channel_mult) - 1)
-        return max(factor, 2 ** max(levels) * cfg.window_size) if levels else factor
+        levels = self._swin_map_levels()
+        factor = self.downsample_factor
+        return max(factor, 2 ** max(levels) * self.config.window_size) if levels else factor
 
     def check_input_size(self, h: int, w: int) -> None:
         """Raise ``ValueError`` naming the sizes unless (h, w) passes through every level (see module doc)."""
-        cfg = self.config
-        n_levels = len(cfg.channel_mult)
-        factor = 2 ** (n_levels - 1)
-        if h % factor or w % factor:
-            raise ValueError(f"input size {h}x{w}: H and W must be divisible by 2**(len(channel_mult)-1) = {factor}")
-        levels = set(self.swin_levels) | ({n_levels - 1} if cfg.swin_in_middle else set())
-        ws = cfg.window_size
+        super().check_input_size(h, w)
+        levels = self._swin_map_levels()
+        ws = self.config.window_size
         for lvl in sorted(levels):
             fh, fw = h >> lvl, w >> lvl
             if any(s > ws and s % ws for s in (fh, fw)):
@@ -361,24 +334,4 @@ class SwinUNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """x (B, in_channels, H, W), t (B,) integer diffusion step -> (B, out_channels, H, W)."""
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected x of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"expected t of shape ({x.shape[0]},), got {tuple(t.shape)}")
-        self.check_input_size(x.shape[2], x.shape[3])
-        emb = self.time_embed(t)
-        hs = []
-        h = x
-        for block in self.input_blocks:
-            h = block(h, emb)
-            hs.append(h)
-        h = self.middle_block(h, emb)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
-
-    def count_parameters(self, trainable_only: bool = True) -> int:
-        """Number of (trainable) parameters."""
-        return count_parameters(self, trainable_only)
+        return self._forward(x, t)

@@ -1,6 +1,6 @@
 """Convolutional diffusion UNet (improved-diffusion / Palette layout), optionally with a SPADE decoder.
 
-Layout:
+Layout (:class:`~cellresdm.nets.layers.UNetSkeleton`, shared with the Swin UNet):
 
 - ``conv_in`` 3x3 ``in_channels -> model_channels``; with ``use_timestep`` the integer step goes through a
   sinusoidal embedding and an MLP (width ``4 * model_channels``) that drives every residual block by FiLM
@@ -35,16 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from cellresdm.nets.layers import (
-    Downsample,
-    ResBlock,
-    TimestepBlock,
-    TimestepEmbedder,
-    Upsample,
-    count_parameters,
-    group_norm,
-    zero_module,
-)
+from cellresdm.nets.layers import TimestepBlock, UNetSkeleton, attention_heads, group_norm, zero_module
 from cellresdm.nets.spade_norm import SPADENorm
 
 __all__ = ["AttentionBlock", "SpadeResBlock", "UNet", "UNetConfig"]
@@ -143,6 +134,7 @@ class _Stage(nn.Sequential):
     """Sequential that hands each child what it takes: (x, emb, cond), (x, emb) or x."""
 
     def forward(self, x: Tensor, emb: Tensor, cond: Tensor | None) -> Tensor:  # type: ignore[override]
+        """x (B, C, H, W), emb (B, emb_dim), cond (B, cond_channels, H', W') or None -> (B, C', H'', W'')."""
         for layer in self:
             if isinstance(layer, SpadeResBlock):
                 x = layer(x, emb, cond)
@@ -153,113 +145,47 @@ class _Stage(nn.Sequential):
         return x
 
 
-class UNet(nn.Module):
+class UNet(UNetSkeleton):
     """``forward(x (B, in_channels, H, W), t (B,) int | None, cond (B, cond_channels, H, W) | None)
-    -> (B, out_channels, H, W)``; ``t`` is required with ``use_timestep``, ``cond`` with ``spade_decoder``."""
+    -> (B, out_channels, H, W)``; ``t`` is required with ``use_timestep``, ``cond`` with ``spade_decoder``.
+
+    The :class:`~cellresdm.nets.layers.UNetSkeleton` with :class:`AttentionBlock` as the level block, and
+    :class:`SpadeResBlock` as the middle and decoder residual block with ``spade_decoder``."""
+
+    stage = _Stage
+    config: UNetConfig
 
     def __init__(self, config: UNetConfig | None = None) -> None:
-        super().__init__()
         cfg = config or UNetConfig()
-        self.config = cfg
-        n_levels = len(cfg.channel_mult)
-        if n_levels < 1 or cfg.num_res_blocks < 1 or cfg.model_channels < 1:
-            raise ValueError("channel_mult must be non-empty; num_res_blocks and model_channels must be >= 1")
-        for lvl in cfg.attention_levels:
-            if not -n_levels <= lvl < n_levels:
-                raise ValueError(f"attention_levels entry {lvl} is out of range for {n_levels} levels")
-        attention = {lvl % n_levels for lvl in cfg.attention_levels}
-        mc = cfg.model_channels
-        self.emb_dim = 4 * mc
-        self.time_embed = TimestepEmbedder(mc, self.emb_dim) if cfg.use_timestep else None
-
-        def res(cin: int, cout: int, spade: bool = False) -> nn.Module:
-            if spade:
-                return SpadeResBlock(
-                    cin, self.emb_dim, cout, cfg.cond_channels, cfg.spade_hidden, cfg.dropout, cfg.use_checkpoint
-                )
-            return ResBlock(cin, self.emb_dim, cout, cfg.dropout, cfg.norm_groups, cfg.use_checkpoint)
-
-        self.input_blocks = nn.ModuleList([_Stage(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
-        skips = [mc]
-        ch = mc
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [res(ch, mult * mc)]
-                ch = mult * mc
-                if level in attention:
-                    layers.append(self._attention(ch))
-                self.input_blocks.append(_Stage(*layers))
-                skips.append(ch)
-            if level != n_levels - 1:
-                self.input_blocks.append(_Stage(Downsample(ch)))
-                skips.append(ch)
-        spade = cfg.spade_decoder
-        middle: list[nn.Module] = [res(ch, ch, spade)]
-        if cfg.attention_in_middle:
-            middle.append(self._attention(ch))
-        middle.append(res(ch, ch, spade))
-        self.middle_block = _Stage(*middle)
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [res(ch + skips.pop(), mult * mc, spade)]
-                ch = mult * mc
-                if level in attention:
-                    layers.append(self._attention(ch))
-                if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch))
-                self.output_blocks.append(_Stage(*layers))
-        self.out = nn.Sequential(
-            group_norm(ch, cfg.norm_groups), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        super().__init__(
+            cfg, cfg.attention_levels, cfg.attention_in_middle, "attention_levels", use_timestep=cfg.use_timestep
         )
 
-    def _attention(self, ch: int) -> AttentionBlock:
+    def res_block(self, in_channels: int, out_channels: int, decoder: bool) -> nn.Module:
+        """:class:`SpadeResBlock` on the decoder side of a SPADE decoder, else a plain residual block."""
         cfg = self.config
-        if cfg.head_channels:
-            if ch % cfg.head_channels:
-                raise ValueError(f"width {ch} is not divisible by head_channels={cfg.head_channels}")
-            heads = ch // cfg.head_channels
-        else:
-            heads = cfg.num_heads
-        return AttentionBlock(ch, heads, cfg.norm_groups)
+        if decoder and cfg.spade_decoder:
+            return SpadeResBlock(
+                in_channels,
+                self.emb_dim,
+                out_channels,
+                cfg.cond_channels,
+                cfg.spade_hidden,
+                cfg.dropout,
+                cfg.use_checkpoint,
+            )
+        return super().res_block(in_channels, out_channels, decoder)
 
-    @property
-    def size_multiple(self) -> int:
-        """H and W must be multiples of this."""
-        return 2 ** (len(self.config.channel_mult) - 1)
+    def level_block(self, channels: int) -> AttentionBlock:
+        """Global self-attention over a (B, channels, H, W) map."""
+        cfg = self.config
+        return AttentionBlock(channels, attention_heads(channels, cfg.num_heads, cfg.head_channels), cfg.norm_groups)
 
     def forward(self, x: Tensor, t: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         """x (B, in_channels, H, W), t (B,) integer step, cond (B, cond_channels, H', W') -> (B, out_channels, H, W)."""
         cfg = self.config
         b = x.shape[0]
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"expected x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
-        m = self.size_multiple
-        if x.shape[2] % m or x.shape[3] % m:
-            raise ValueError(f"input size {x.shape[2]}x{x.shape[3]}: H and W must be multiples of {m}")
-        if self.time_embed is not None:
-            if t is None:
-                raise ValueError("this UNet is timestep-conditioned: pass t (B,)")
-            if t.ndim == 0:
-                t = t.expand(b)
-            if t.shape != (b,):
-                raise ValueError(f"expected t of shape ({b},), got {tuple(t.shape)}")
-            emb = self.time_embed(t)
-        else:
-            emb = torch.zeros(b, self.emb_dim, device=x.device, dtype=x.dtype)
         if cfg.spade_decoder and (cond is None or cond.ndim != 4 or cond.shape[:2] != (b, cfg.cond_channels)):
             got = None if cond is None else tuple(cond.shape)
             raise ValueError(f"the SPADE decoder needs cond of shape ({b}, {cfg.cond_channels}, H, W), got {got}")
-        hs = []
-        h = x
-        for block in self.input_blocks:
-            h = block(h, emb, cond)
-            hs.append(h)
-        h = self.middle_block(h, emb, cond)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, cond)
-        return self.out(h)
-
-    def count_parameters(self, trainable_only: bool = True) -> int:
-        """Number of (trainable) parameters."""
-        return count_parameters(self, trainable_only)
+        return self._forward(x, t, cond)
