@@ -486,8 +486,8 @@ def throughput_table(
                 "images_per_second": 1.0 / spf if spf > 0 else float("nan"),
                 "seconds_total": spf * shape[0] if shape else None,
                 "image_size": _size(shape),
-                # boundaries -> instances is numpy/scipy only; StarDist's TensorFlow device is not recorded
-                "device": "not recorded" if stardist else "cpu",
+                # boundaries -> instances is numpy/scipy only; StarDist records TensorFlow's device
+                "device": attrs.get("device", "not recorded") if stardist else "cpu",
                 "note": "StarDist2D nuclei prediction (after an untimed warm-up)"
                 if stardist
                 else "predicted boundaries -> nuclei and cell instances",

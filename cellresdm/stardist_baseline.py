@@ -23,7 +23,7 @@ Prediction (:func:`predict_stardist`) writes the shared instances store (zarr v3
 
     nuclei          (N, H, W) int32 instance labels, chunks (1, H, W)
     fields.parquet  copy of the test dataset's fields table
-    attrs           source, objects ["nuclei"], seconds_per_field, settings, thresholds {"prob", "nms"}
+    attrs           source, objects ["nuclei"], seconds_per_field, device, settings, thresholds {"prob", "nms"}
 """
 
 from __future__ import annotations
@@ -591,6 +591,14 @@ def _load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
     return model, training
 
 
+def _tensorflow_device() -> str:
+    """Where TensorFlow ran the predictions (for the throughput table): its first GPU, else the CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return f"{gpus[0].name} (TensorFlow)" if gpus else "cpu (TensorFlow)"
+
+
 def predict_stardist(
     model_dir: str | Path,
     test_dataset: str | Path,
@@ -677,6 +685,7 @@ def predict_stardist(
                 "source": source,
                 "objects": ["nuclei"],
                 "seconds_per_field": seconds / n,
+                "device": _tensorflow_device(),
                 "settings": settings.to_dict(),
                 "thresholds": thresholds,
             }

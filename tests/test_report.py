@@ -94,8 +94,12 @@ def _sample_record(method: str, seconds: float, **extra) -> dict:
     }
 
 
-def _instances(path: Path, seconds: float) -> Path:
-    return _store(path, {"nuclei": np.zeros((N, H, H), np.int32)}, {"source": path.name, "seconds_per_field": seconds})
+def _instances(path: Path, seconds: float, **attrs) -> Path:
+    return _store(
+        path,
+        {"nuclei": np.zeros((N, H, H), np.int32)},
+        {"source": path.name, "seconds_per_field": seconds, **attrs},
+    )
 
 
 def _gt_index(path: Path, seconds: list[float]) -> Path:
@@ -197,7 +201,7 @@ def test_throughput_table_from_benchmarks_and_attrs(tmp_path):
     }
     instances = {
         "cellresdm": _instances(tmp_path / "cellresdm_instances.zarr", 0.5),
-        "stardist_bf": _instances(tmp_path / "stardist_bf_instances.zarr", 0.25),
+        "stardist_bf": _instances(tmp_path / "stardist_bf_instances.zarr", 0.25, device="cpu (TensorFlow)"),
     }
     indexes = {"P1": _gt_index(tmp_path / "gt" / "P1" / "index.parquet", [1.0, 3.0])}
     train = tmp_path / "train_cellresdm.tsv"
@@ -209,6 +213,7 @@ def test_throughput_table_from_benchmarks_and_attrs(tmp_path):
     assert by.loc[("sampling", "cellresdm"), "images_per_second"] == pytest.approx(0.5)
     assert by.loc[("sampling", "cellresdm"), "precision"] == "fp32"
     assert by.loc[("segmentation", "stardist_bf"), "seconds_vs_reference"] == pytest.approx(0.5)
+    assert by.loc[("segmentation", "stardist_bf"), "device"] == "cpu (TensorFlow)"
     assert by.loc[("segmentation", "cellprofiler"), "seconds_per_image"] == pytest.approx(2.0)
     assert by.loc[("segmentation", "cellprofiler"), "seconds_vs_reference"] == pytest.approx(4.0)
     assert by.loc[("segmentation", "cellprofiler"), "image_size"] == f"{H}x{H}"

@@ -144,7 +144,7 @@ def test_predict_writes_instances_store(trained, tmp_path):
     assert nuclei.shape == (2, SIZE, SIZE) and nuclei.dtype == np.int32 and nuclei.chunks == (1, SIZE, SIZE)
     attrs = dict(root.attrs)
     assert attrs["source"] == "stardist_if" and attrs["objects"] == ["nuclei"]
-    assert attrs["settings"] == SETTINGS.to_dict()
+    assert attrs["settings"] == SETTINGS.to_dict() and attrs["device"] == "cpu (TensorFlow)"  # no GPU in tests
     assert attrs["thresholds"] == json.loads((trained.model_dir / "thresholds.json").read_text())
     assert (
         attrs["seconds_per_field"] == pytest.approx(summary["seconds_per_field"]) and summary["seconds_per_field"] > 0
