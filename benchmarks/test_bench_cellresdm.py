@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from call_timer import CallTimer
 
 from cellresdm.config import validate_config
 from cellresdm.methods import build_method
@@ -22,21 +23,6 @@ def timed(fn, repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - start) / repeats
-
-
-class CallTimer:
-    """Times every forward call of a module during a sampling run (forward hooks; no change to the model)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.seconds: list[float] = []
-        module.register_forward_pre_hook(self._start)
-        module.register_forward_hook(self._stop)
-
-    def _start(self, module, args):
-        self._t0 = time.perf_counter()
-
-    def _stop(self, module, args, output):
-        self.seconds.append(time.perf_counter() - self._t0)
 
 
 @pytest.mark.parametrize(("steps", "min_noise_level"), [(15, 0.04), (4, 0.2)])

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from call_timer import CallTimer
 from torch.utils.flop_counter import FlopCounterMode
 
 from cellresdm.config import load_config
@@ -152,28 +153,6 @@ def entries(config: dict[str, Any], timed_steps: int) -> list[Entry]:
             timed_steps=min(timed_steps, spade_diffusion["steps"]),
         ),
     ]
-
-
-class CallTimer:
-    """Counts and times the forward calls of a module (forward hooks; CUDA-synchronised)."""
-
-    def __init__(self, module: torch.nn.Module, device: torch.device):
-        self.device = device
-        self.seconds: list[float] = []
-        module.register_forward_pre_hook(self._start)
-        module.register_forward_hook(self._stop)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _start(self, module, args):
-        self.sync()
-        self._t0 = time.perf_counter()
-
-    def _stop(self, module, args, output):
-        self.sync()
-        self.seconds.append(time.perf_counter() - self._t0)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Atomic file output and validated image input.
+"""Atomic file output, validated image input and checked torch file loading.
 
 Every output of the pipeline is written to a temporary sibling and renamed into place, so an interrupted
 job never leaves a half-written file that a rerun would mistake for a finished one.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from cellresdm.errors import ImageError
+from cellresdm.errors import CellResDMError, ImageError
 
 
 @contextlib.contextmanager
@@ -61,6 +61,24 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def load_torch_dict(path: str | os.PathLike, what: str) -> dict:
+    """The dict saved in the torch file ``path`` (tensors and plain values only: ``weights_only``).
+
+    Raises:
+        CellResDMError: "{path}: not a readable {what}" when torch cannot read it, "{path}: not a {what}" when it
+        holds something other than a dict.
+    """
+    import torch  # only the model stages need torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises several types for a corrupt or foreign file
+        raise CellResDMError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict):
+        raise CellResDMError(f"{path}: not a {what} (a {type(obj).__name__}, expected a dict)")
+    return obj
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

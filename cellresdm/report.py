@@ -35,7 +35,7 @@ import pandas as pd
 
 from cellresdm import layout
 from cellresdm.errors import CellResDMError
-from cellresdm.io import atomic_path
+from cellresdm.io import atomic_path, load_torch_dict
 from cellresdm.metrics import TRIVIAL, quality_ttests
 from cellresdm.stats import ALPHA
 
@@ -585,13 +585,7 @@ def table3_latent(
 
 
 def _checkpoint_config(path: Path) -> dict[str, Any]:
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise CellResDMError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
-    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    config = load_torch_dict(path, "checkpoint").get("config")
     if not isinstance(config, dict):
         raise CellResDMError(f"{path}: checkpoint has no 'config' dict")
     return config

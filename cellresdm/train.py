@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from cellresdm.errors import CellResDMError, ConfigError
-from cellresdm.io import atomic_path
+from cellresdm.io import atomic_path, load_torch_dict
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -241,11 +241,8 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def _load(path: Path) -> dict[str, Any]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises several types for a corrupt or foreign file
-        raise CellResDMError(f"{path}: not a readable CellResDM checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(obj, dict) or "model" not in obj:
+    obj = load_torch_dict(path, "CellResDM checkpoint")
+    if "model" not in obj:
         raise CellResDMError(f"{path}: not a CellResDM checkpoint (no model weights)")
     return obj
 

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from cellresdm.errors import CellResDMError, ConfigError
-from cellresdm.io import atomic_path
+from cellresdm.io import atomic_path, load_torch_dict
 from cellresdm.methods.base import target_of
 from cellresdm.nets.discriminator import (
     GAN_MODES,
@@ -279,12 +279,7 @@ def load_vqgan(path: str | os.PathLike) -> VQGAN:
     path = Path(path)
     if not path.is_file():
         raise CellResDMError(f"{path}: VQ-GAN checkpoint is missing (train the vqgan stage or set the path)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises several types for a corrupt or foreign file
-        raise CellResDMError(f"{path}: not a readable VQ-GAN checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(obj, dict):
-        raise CellResDMError(f"{path}: not a VQ-GAN checkpoint")
+    obj = load_torch_dict(path, "VQ-GAN checkpoint")
     try:
         if obj.get("format") == VQGAN_FORMAT:
             fields = dict(obj["config"])

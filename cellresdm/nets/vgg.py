@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cellresdm.errors import CellResDMError
+from cellresdm.io import load_torch_dict
 
 __all__ = ["LAYER_WEIGHTS", "TAPS", "VGG16Features", "load_vgg16", "perceptual_loss", "resolve_vgg"]
 
@@ -86,12 +87,7 @@ def load_vgg16(path: str | os.PathLike) -> VGG16Features:
         raise CellResDMError(
             f"{path}: VGG16 weights file is missing (set the vgg_weights key to null to train without it)"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises several types for a corrupt or foreign file
-        raise CellResDMError(f"{path}: not a readable VGG16 state dict ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict):
-        raise CellResDMError(f"{path}: not a VGG16 state dict (a {type(state).__name__}, expected a dict of tensors)")
+    state = load_torch_dict(path, "VGG16 state dict")
     model = VGG16Features()
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     given = {k: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}
