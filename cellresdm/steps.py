@@ -251,7 +251,12 @@ def sample_method(
     from cellresdm.train import load_model_weights
 
     checkpoint_config = torch.load(model_path, map_location="cpu", weights_only=False)["config"]
-    method = build_method(name, checkpoint_config)
+    try:
+        method = build_method(name, checkpoint_config)
+    except KeyError as exc:  # a section written before a key existed: the network it describes differs too
+        raise CellResDMError(
+            f"{model_path}: the stored {name} config has no {exc} (an older model file); retrain"
+        ) from exc
     load_model_weights(Path(model_path), method.network, ema=True)
     return predict_dataset(method, dataset_path, out, SampleSettings(**settings), benchmark_out=benchmark_out, log=log)
 

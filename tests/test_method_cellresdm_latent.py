@@ -25,6 +25,7 @@ SECTION = {
     "num_res_blocks": 1,
     "swin_depth": 2,
     "window_size": 4,
+    "swin_embed_dim": 8,
 }
 
 

@@ -11,12 +11,15 @@ from cellresdm.nets import SwinUNet, SwinUNetConfig, count_parameters, timestep_
 from cellresdm.nets.layers import ResBlock, num_groups
 from cellresdm.nets.swin_unet import (
     SwinBlock,
+    SwinLayer,
     shifted_window_mask,
     window_index,
     window_partition,
 )
 
-SMALL = SwinUNetConfig(model_channels=32, channel_mult=(1, 2, 2), window_size=8)
+SMALL = SwinUNetConfig(model_channels=32, channel_mult=(1, 2, 2), window_size=8, swin_embed_dim=None)
+#: SMALL with Swin blocks narrower than the features (projections in and out, as the paper size)
+SMALL_EMBEDDED = SwinUNetConfig(model_channels=32, channel_mult=(1, 2, 2), window_size=8, swin_embed_dim=24)
 
 
 @pytest.fixture(autouse=True)
@@ -195,8 +198,9 @@ def test_timestep_conditioning_matters():
     assert emb.shape == (3, 33) and torch.all(emb[:, -1] == 0)
 
 
-def test_determinism_and_all_parameters_get_gradients():
-    model = SwinUNet(SMALL)
+@pytest.mark.parametrize("config", [SMALL, SMALL_EMBEDDED], ids=["feature-width", "embedded"])
+def test_determinism_and_all_parameters_get_gradients(config):
+    model = SwinUNet(config)
     _perturb(model)
     x = torch.randn(2, 14, 32, 32)
     t = torch.tensor([0, 5])
@@ -210,7 +214,9 @@ def test_determinism_and_all_parameters_get_gradients():
 
 
 def test_gradient_checkpointing_matches():
-    cfg = SwinUNetConfig(model_channels=16, channel_mult=(1, 2), swin_levels=(1,), num_res_blocks=1)
+    cfg = SwinUNetConfig(
+        model_channels=16, channel_mult=(1, 2), swin_levels=(1,), num_res_blocks=1, swin_embed_dim=16
+    )
     plain = SwinUNet(cfg)
     _perturb(plain)
     ckpt = SwinUNet(SwinUNetConfig(**{**cfg.__dict__, "use_checkpoint": True}))
@@ -225,7 +231,9 @@ def test_gradient_checkpointing_matches():
 
 def test_small_network_overfits():
     torch.manual_seed(0)
-    cfg = SwinUNetConfig(in_channels=3, out_channels=2, model_channels=16, channel_mult=(1, 2), swin_levels=(1,))
+    cfg = SwinUNetConfig(
+        in_channels=3, out_channels=2, model_channels=16, channel_mult=(1, 2), swin_levels=(1,), swin_embed_dim=None
+    )
     model = SwinUNet(cfg)
     x = torch.randn(4, 3, 32, 32)
     t = torch.tensor([0, 1, 2, 3])
@@ -252,9 +260,34 @@ def test_layers_helpers():
     assert torch.equal(same(x, torch.randn(2, 12)), x)  # zero-initialised: identity at start
 
 
+def _swin_stages(blocks: torch.nn.ModuleList) -> list[int]:
+    return [i for i, stage in enumerate(blocks) if any(isinstance(m, SwinLayer) for m in stage)]
+
+
+def test_swin_placement_follows_resshift():
+    # SMALL: 3 levels of 2 residual blocks, Swin levels (1, 2). input_blocks: conv, [res, res, down] x 2, res, res;
+    # output_blocks: 3 stages per level, deepest first. ResShift: Swin after the first residual block per side.
+    model = SwinUNet(SMALL)
+    assert _swin_stages(model.input_blocks) == [4, 7]
+    assert _swin_stages(model.output_blocks) == [0, 3]
+    assert any(isinstance(m, SwinLayer) for m in model.middle_block)
+    layers = [m for m in model.modules() if isinstance(m, SwinLayer)]
+    assert len(layers) == 5 and all(layer.embed is None for layer in layers)
+
+
+def test_swin_embedding_projects_to_its_width():
+    model = SwinUNet(SMALL_EMBEDDED)
+    layer = model.middle_block[1]
+    assert isinstance(layer, SwinLayer) and layer.embed.in_features == 64 and layer.embed.out_features == 24
+    assert all(block.norm1.normalized_shape == (24,) for block in layer.blocks)
+    x = torch.randn(2, 64, 8, 8)
+    assert layer(x).shape == x.shape
+
+
 def test_paper_size_parameter_count():
     model = SwinUNet(SwinUNetConfig())
     n = count_parameters(model)
     print(f"paper-size SwinUNet parameters: {n:,}")
-    assert 80e6 < n < 250e6
+    # 109,222,087 outside the 5 Swin layers (ResShift's 9 layers on a 4-level latent UNet come to ~118M)
+    assert n == 114_419_887
     assert model.count_parameters() == n

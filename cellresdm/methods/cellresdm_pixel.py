@@ -34,8 +34,9 @@ def swin_unet_config(section: dict[str, Any], in_channels: int, out_channels: in
         num_res_blocks=section["num_res_blocks"],
         swin_depth=section["swin_depth"],
         window_size=section["window_size"],
-        # Swin blocks below full resolution, at most two levels (ResShift skips full resolution and the
-        # deepest level): (1, 2) for the paper's [1, 2, 2, 4] and the demo's [1, 2, 2]
+        swin_embed_dim=section["swin_embed_dim"],
+        # Swin below full resolution, at most two levels besides the middle (pixel space is costlier than
+        # ResShift's 64x64 latents): (1, 2) for the paper's [1, 2, 2, 4] and the demo's [1, 2, 2]
         swin_levels=tuple(range(1, min(3, len(section["channel_mult"])))),
     )
 
@@ -51,6 +52,7 @@ def resshift_section(schedule: ResShiftSchedule, net: SwinUNetConfig, loss_weigh
         "num_res_blocks": net.num_res_blocks,
         "swin_depth": net.swin_depth,
         "window_size": net.window_size,
+        "swin_embed_dim": net.swin_embed_dim,
     }
 
 

@@ -206,9 +206,12 @@ class UNetSkeleton(nn.Module):
         block_in_middle: bool,
         levels_name: str,
         use_timestep: bool = True,
+        first_block_only: bool = False,
     ) -> None:
         """``block_levels``: indices into ``channel_mult`` (negative ones count from the deepest level), checked and
-        named ``levels_name`` in errors; ``use_timestep=False`` builds no ``time_embed``."""
+        named ``levels_name`` in errors; ``use_timestep=False`` builds no ``time_embed``; ``first_block_only``: the
+        level block follows only the first residual block of a level on each side (ResShift's Swin placement)
+        instead of every one (improved-diffusion's attention placement)."""
         super().__init__()
         cfg = self.config = config
         n_levels = len(cfg.channel_mult)
@@ -226,10 +229,10 @@ class UNetSkeleton(nn.Module):
         skips = [mc]
         ch = mc
         for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
+            for i in range(cfg.num_res_blocks):
                 layers: list[nn.Module] = [self.res_block(ch, mult * mc, decoder=False)]
                 ch = mult * mc
-                if level in self.block_levels:
+                if level in self.block_levels and not (first_block_only and i):
                     layers.append(self.level_block(ch))
                 self.input_blocks.append(self.stage(*layers))
                 skips.append(ch)
@@ -246,7 +249,7 @@ class UNetSkeleton(nn.Module):
             for i in range(cfg.num_res_blocks + 1):
                 layers = [self.res_block(ch + skips.pop(), mult * mc, decoder=True)]
                 ch = mult * mc
-                if level in self.block_levels:
+                if level in self.block_levels and not (first_block_only and i):
                     layers.append(self.level_block(ch))
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))

@@ -4,16 +4,19 @@ Layout (improved-diffusion UNet, :class:`~cellresdm.nets.layers.UNetSkeleton`, s
 
 - ``conv_in`` 3x3 ``in_channels -> model_channels``; the integer step goes through a sinusoidal embedding and an
   MLP (width ``4 * model_channels``) that drives every :class:`~cellresdm.nets.layers.ResBlock` by FiLM.
-- Encoder: per level ``num_res_blocks`` residual blocks of width ``model_channels * channel_mult[level]``, each
-  followed by a :class:`SwinLayer` (``swin_depth`` Swin blocks, regular and shifted windows alternating) when the
-  level is in ``swin_levels``; a stride-2 3x3 conv between levels.
+- Encoder: per level ``num_res_blocks`` residual blocks of width ``model_channels * channel_mult[level]``; at the
+  levels in ``swin_levels`` the first of them is followed by a :class:`SwinLayer` (``swin_depth`` Swin blocks,
+  regular and shifted windows alternating); a stride-2 3x3 conv between levels.
 - Middle: ResBlock, SwinLayer (``swin_in_middle``), ResBlock.
-- Decoder: per level ``num_res_blocks + 1`` residual blocks on ``cat(h, skip)`` (+ SwinLayer at Swin levels),
-  nearest x2 + 3x3 conv between levels.
+- Decoder: per level ``num_res_blocks + 1`` residual blocks on ``cat(h, skip)``, the first one followed by a
+  SwinLayer at Swin levels; nearest x2 + 3x3 conv between levels.
 - Output: GroupNorm -> SiLU -> zero-initialised 3x3 conv, so a fresh network outputs zeros.
 
-Swin layers work directly on the UNet feature width (no extra embedding projection, unlike ResShift's wrapper).
-Heads: ``num_heads`` per Swin layer (default 4), or ``channels // head_channels`` when ``head_channels`` is set.
+Swin placement and width follow ResShift's ``UNetModelSwin``: one Swin layer per level and side (after the first
+residual block), and with ``swin_embed_dim`` (ResShift: 192) each layer projects the UNet features to that width
+(per-pixel linear maps in and out, ResShift's ``BasicLayer`` patch embedding with patch size 1). With
+``swin_embed_dim=None`` the blocks run on the feature width itself. Heads: ``num_heads`` per Swin layer (default
+4), or ``width // head_channels`` when ``head_channels`` is set.
 
 Input sizes: with ``L = len(channel_mult)``, H and W must be divisible by ``2**(L-1)``; and at every level ``l``
 that carries Swin blocks (``swin_levels``, plus ``L-1`` for the middle block) each side ``H / 2**l`` must be a
@@ -23,8 +26,9 @@ Multiples of ``2**max(swin level) * window_size`` always work (64 for the paper 
 :meth:`SwinUNet.check_input_size` raises ``ValueError`` naming the sizes otherwise.
 
 Measured parameter counts (``count_parameters``): paper size (160, (1,2,2,4), 2 res blocks, Swin depth 2, window 8,
-4 heads, default swin_levels (1, 2) + middle) 143,748,127 (109,222,087 of them outside the Swin layers; ResShift
-reports ~118M); demo size (32, (1,2,2), otherwise defaults) 2,767,199.
+4 heads, Swin embedding 192, default swin_levels (1, 2) + middle: 5 Swin layers) 114,419,887 (109,222,087 of them
+outside the Swin layers; ResShift's 9 Swin layers on all four levels come to ~118M); demo size (32, (1,2,2), no
+Swin embedding) 2,156,591.
 """
 
 from __future__ import annotations
@@ -222,7 +226,13 @@ class SwinBlock(nn.Module):
 
 
 class SwinLayer(nn.Module):
-    """``depth`` Swin blocks (regular, shifted, regular, ...) on a (B, C, H, W) feature map."""
+    """``depth`` Swin blocks (regular, shifted, regular, ...) on a (B, C, H, W) feature map.
+
+    With ``embed_dim`` (ResShift's ``BasicLayer`` with ``swin_embed_dim``), a per-pixel linear map (a 1x1 conv)
+    takes the ``dim`` features to ``embed_dim``, the blocks run at that width and a second one maps back to
+    ``dim``; the layer output is that projection (no skip around the layer, as in ResShift). Without it the
+    blocks run on the ``dim`` features themselves.
+    """
 
     def __init__(
         self,
@@ -233,23 +243,31 @@ class SwinLayer(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         use_checkpoint: bool = False,
+        embed_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.use_checkpoint = use_checkpoint
+        width = embed_dim or dim
+        self.embed = nn.Linear(dim, width) if embed_dim else None
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window_size, shift=i % 2 == 1, mlp_ratio=mlp_ratio, dropout=dropout)
+            SwinBlock(width, num_heads, window_size, shift=i % 2 == 1, mlp_ratio=mlp_ratio, dropout=dropout)
             for i in range(depth)
         )
+        self.unembed = nn.Linear(width, dim) if embed_dim else None
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) -> (B, C, H, W)."""
-        # One channels-last copy up front: on a permuted view every LayerNorm would copy its input to contiguous.
-        y = x.permute(0, 2, 3, 1).contiguous()
+        # Channels-last once up front (the embedding writes a fresh one): on a permuted view every LayerNorm would
+        # copy its input to contiguous.
+        y = x.permute(0, 2, 3, 1)
+        y = self.embed(y) if self.embed is not None else y.contiguous()
         for block in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 y = checkpoint(block, y, use_reentrant=False)
             else:
                 y = block(y)
+        if self.unembed is not None:
+            y = self.unembed(y)
         return y.permute(0, 3, 1, 2).contiguous()
 
 
@@ -261,11 +279,13 @@ class SwinLayer(nn.Module):
 class SwinUNetConfig:
     """Hyper-parameters of :class:`SwinUNet` (defaults: the paper / ResShift size).
 
-    ``swin_levels`` are indices into ``channel_mult`` (negative ones count from the lowest resolution); Swin layers
-    follow every residual block of those levels (encoder and decoder), plus one in the middle block when
-    ``swin_in_middle``. The default ``(1, 2)`` skips the full-resolution level (window attention on 512x512 maps is
-    costly and convolutions do well there) and, like ResShift (attention at ds 1, 2, 4 but not 8), the widest
-    level; for ``(1, 2, 2, 4)`` on 512x512 inputs Swin runs on the 256, 128 (encoder/decoder) and 64 (middle) maps.
+    ``swin_levels`` are indices into ``channel_mult`` (negative ones count from the lowest resolution); a Swin
+    layer follows the first residual block of those levels in the encoder and in the decoder, plus one in the
+    middle block when ``swin_in_middle``. ResShift, on 64x64 latents, has Swin at all four levels; in pixel space
+    the default ``(1, 2)`` skips the full-resolution level (window attention on 512x512 maps is costly and
+    convolutions do well there) and the deepest level's encoder/decoder (its map gets the middle layer); for
+    ``(1, 2, 2, 4)`` on 512x512 inputs Swin runs on the 256, 128 (encoder/decoder) and 64 (middle) maps.
+    ``swin_embed_dim``: width of the Swin blocks (ResShift 192), None for the feature width (no projections).
     Heads: ``num_heads`` per layer, unless ``head_channels`` is set (then ``width // head_channels``).
     """
 
@@ -278,6 +298,7 @@ class SwinUNetConfig:
     window_size: int = 8
     num_heads: int = 4
     head_channels: int | None = None
+    swin_embed_dim: int | None = 192
     mlp_ratio: float = 4.0
     swin_levels: tuple[int, ...] = (1, 2)
     swin_in_middle: bool = True
@@ -297,14 +318,21 @@ class SwinUNet(UNetSkeleton):
         cfg = config or SwinUNetConfig()
         if cfg.window_size < 1:
             raise ValueError(f"window_size must be >= 1, got {cfg.window_size}")
-        super().__init__(cfg, cfg.swin_levels, cfg.swin_in_middle, "swin_levels")
+        super().__init__(cfg, cfg.swin_levels, cfg.swin_in_middle, "swin_levels", first_block_only=True)
 
     def level_block(self, channels: int) -> SwinLayer:
         """``swin_depth`` Swin blocks on a (B, channels, H, W) map."""
         cfg = self.config
-        heads = attention_heads(channels, cfg.num_heads, cfg.head_channels)
+        heads = attention_heads(cfg.swin_embed_dim or channels, cfg.num_heads, cfg.head_channels)
         return SwinLayer(
-            channels, cfg.swin_depth, heads, cfg.window_size, cfg.mlp_ratio, cfg.dropout, cfg.use_checkpoint
+            channels,
+            cfg.swin_depth,
+            heads,
+            cfg.window_size,
+            cfg.mlp_ratio,
+            cfg.dropout,
+            cfg.use_checkpoint,
+            cfg.swin_embed_dim,
         )
 
     def _swin_map_levels(self) -> set[int]:
