@@ -18,8 +18,8 @@ timed steps". N is at least 50 (``CELLRESDM_BENCH_TIMED_STEPS``); set it to 1000
 Environment (defaults in brackets):
 
 * ``CELLRESDM_BENCH_DEVICE``: ``cpu`` or ``cuda`` [cuda when available].
-* ``CELLRESDM_BENCH_NET``: ``paper`` (CellResDM 160 channels, (1, 2, 2, 4), Swin width 192; ~114 M parameters) or ``demo``
-  (the demo config's small networks) [paper on cuda, demo on cpu, so a CPU run ends in a few minutes].
+* ``CELLRESDM_BENCH_NET``: ``paper`` (CellResDM 160 channels, (1, 2, 2, 4), Swin width 192; ~114 M parameters) or
+  ``demo`` (the demo config's small networks) [paper on cuda, demo on cpu, so a CPU run ends in a few minutes].
 * ``CELLRESDM_BENCH_SIZE``: image side in pixels [512 on cuda, 128 on cpu].
 * ``CELLRESDM_BENCH_TIMED_STEPS``: steps actually run of a 1000-step chain [1000 on cuda, 50 on cpu].
 * ``CELLRESDM_BENCH_REPEATS``: sampling runs per method, the fastest counts (a shared CPU is noisy) [1 on cuda,

@@ -214,9 +214,7 @@ def test_determinism_and_all_parameters_get_gradients(config):
 
 
 def test_gradient_checkpointing_matches():
-    cfg = SwinUNetConfig(
-        model_channels=16, channel_mult=(1, 2), swin_levels=(1,), num_res_blocks=1, swin_embed_dim=16
-    )
+    cfg = SwinUNetConfig(model_channels=16, channel_mult=(1, 2), swin_levels=(1,), num_res_blocks=1, swin_embed_dim=16)
     plain = SwinUNet(cfg)
     _perturb(plain)
     ckpt = SwinUNet(SwinUNetConfig(**{**cfg.__dict__, "use_checkpoint": True}))
