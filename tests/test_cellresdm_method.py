@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 from torch.utils.data import Dataset
 
 from cellresdm.config import validate_config
+from cellresdm.errors import CellResDMError
 from cellresdm.methods import build_method
 from cellresdm.methods.base import condition_of, target_of
 from cellresdm.sample import SampleSettings, predict_field
+from cellresdm.steps import sample_method
 from cellresdm.train import Trainer, TrainSettings, load_model_weights
 
 TINY = {"steps": 4, "min_noise_level": 0.2, "model_channels": 16, "channel_mult": [1, 2], "crop_size": 32}
@@ -86,3 +89,13 @@ def test_whole_field_of_one_tile_equals_direct_sampling():
         method, bf, SampleSettings(tile=32, overlap=16), torch.Generator().manual_seed(5), torch.device("cpu")
     )
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
+
+
+def test_model_file_from_before_a_network_key_names_the_file(tmp_path):
+    method = tiny_method()
+    section = dict(method.config()["cellresdm"])
+    del section["swin_embed_dim"]  # written before the key existed
+    model = tmp_path / "model.pt"
+    torch.save({"config": {"cellresdm": section}, "ema": method.network.state_dict()}, model)
+    with pytest.raises(CellResDMError, match=r"model\.pt.*swin_embed_dim.*retrain"):
+        sample_method("cellresdm", str(model), "unused.zarr", "out.zarr", "timing.json", {})
