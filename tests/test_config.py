@@ -103,3 +103,10 @@ def test_unreadable_config_file_is_named(tmp_path):
     path.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+@pytest.mark.parametrize("section", ["cellresdm", "cellresdm_latent"])
+def test_swin_embed_dim_must_split_into_the_heads(section):
+    assert validate_config({section: {"swin_embed_dim": 192}})[section]["swin_embed_dim"] == 192
+    with pytest.raises(ConfigError, match=f"'{section}.swin_embed_dim': 10 is not a multiple of 4"):
+        validate_config({section: {"swin_embed_dim": 10}})
