@@ -125,6 +125,21 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     return validate_config(config)
 
 
+def section(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Config section ``name`` with the schema's defaults filled in and ``overrides`` applied, validated.
+
+    The one way to get a section outside a full config (tests, benchmarks, library defaults): the schema stays
+    the single source of every default.
+
+    Raises:
+        ConfigError: ``name`` is not a config section, or an override is invalid (naming the key).
+    """
+    properties = load_schema()["properties"]
+    if name not in properties or properties[name].get("type") != "object":
+        raise ConfigError(f"{name!r} is not a config section ({', '.join(sorted(properties))})")
+    return validate_config({name: copy.deepcopy(overrides or {})})[name]
+
+
 def plates_in_split(config: dict[str, Any], split: str) -> list[str]:
     return [p["id"] for p in config["plates"] if p["split"] == split]
 
