@@ -26,8 +26,7 @@ $(CP_VENV)/.installed: requirements/cellprofiler-py39.lock.txt scripts/setup_cel
 ## demo: run the whole pipeline on the embedded synthetic gallery (config.yaml)
 demo: setup
 	$(SNAKEMAKE) --cores $(CORES) --rerun-incomplete
-	mkdir -p results/reports
-	$(SNAKEMAKE) --cores $(CORES) --report results/reports/snakemake_report.html
+	$(SNAKEMAKE) --cores $(CORES) --report $$($(BIN)/python -m cellresdm.results snakemake_report)
 
 ## test: unit tests and tiny end-to-end runs of the Snakefile
 test: setup
@@ -45,4 +44,4 @@ lint: setup
 	$(SNAKEMAKE) --lint
 
 clean-demo:
-	rm -rf results .snakemake
+	rm -rf "$$($(BIN)/python -c 'from cellresdm.results import DEFAULT_ROOT; print(DEFAULT_ROOT)')" .snakemake

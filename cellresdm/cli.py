@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from cellresdm import config as cfg
 from cellresdm import steps
+from cellresdm.compare import compare_results
 from cellresdm.errors import CellResDMError
 from cellresdm.logs import step_logging
+from cellresdm.results import ResultsLayout, markdown_table
 
 
 def _plate(config: dict, plate_id: str) -> dict:
@@ -25,37 +26,39 @@ def _plate(config: dict, plate_id: str) -> dict:
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.step == "compare":
+        _compare(args.old, args.new)
+        return
+    if args.step == "outputs":
+        sys.stdout.write(markdown_table())
+        return
     config = cfg.load_config(args.config)
-    results = Path(args.results)
+    results = ResultsLayout(args.results)
     if args.step == "synth":
         plate = _plate(config, args.plate)
         steps.synth_plate(
-            plate["id"],
-            plate["cell_line"],
-            config["demo"],
-            str(results / "demo_gallery"),
-            str(results / "demo_truth"),
+            plate["id"], plate["cell_line"], config["demo"], results.demo_gallery(), results.demo_truth(plate["id"])
         )
     elif args.step == "download":
         _plate(config, args.plate)
         gallery = dict(config["gallery"])
         if config["source"] == "demo":
-            gallery.update(root=str(results / "demo_gallery"), endpoint_url=None)
-        steps.download(args.plate, gallery, str(results / "raw" / args.plate))
+            gallery.update(root=results.demo_gallery(), endpoint_url=None)
+        steps.download(args.plate, gallery, results.raw_plate(args.plate))
     elif args.step == "filter":
         steps.filter_plate(
             args.plate,
-            str(results / "raw" / args.plate / "load_data.parquet"),
-            str(results / "fields" / f"{args.plate}.parquet"),
-            str(results / "fields" / f"{args.plate}_platemap.png"),
+            results.load_data(args.plate),
+            results.fields(args.plate),
+            results.platemap(args.plate),
             config["filter"],
         )
     elif args.step == "groundtruth":
         steps.groundtruth(
             args.plate,
-            str(results / "fields" / f"{args.plate}.parquet"),
-            str(results / "raw" / args.plate / "load_data.parquet"),
-            str(results / "groundtruth" / args.plate),
+            results.fields(args.plate),
+            results.load_data(args.plate),
+            results.groundtruth_dir(args.plate),
             config["groundtruth"],
             workers=args.workers,
         )
@@ -67,38 +70,47 @@ def _run(args: argparse.Namespace) -> None:
         plates = cfg.plates_in_split(config, args.split)
         if not plates:
             raise CellResDMError(f"no plate of the config has split {args.split!r}")
-        lines = [_plate(config, p)["cell_line"] for p in plates]
         steps.dataset(
             args.split,
             plates,
-            lines,
-            [str(results / "fields" / f"{p}.parquet") for p in plates],
-            [str(results / "raw" / p / "load_data.parquet") for p in plates],
-            str(results / "groundtruth"),
+            [_plate(config, p)["cell_line"] for p in plates],
+            [results.fields(p) for p in plates],
+            [results.load_data(p) for p in plates],
+            [results.groundtruth_dir(p) for p in plates],
             config["dataset"],
             config["groundtruth"]["boundary_thickness"],
-            str(results / "datasets" / f"{args.split}.zarr"),
-            str(results / "datasets" / f"{args.split}_summary.json"),
+            results.dataset(args.split),
+            results.dataset_summary(args.split),
         )
 
 
-def _run_models(args: argparse.Namespace, config: dict, results: Path) -> None:
+def _run_models(args: argparse.Namespace, config: dict, results: ResultsLayout) -> None:
     if args.step == "train":
         steps.train_method(
             args.method,
             config,
-            args.dataset or str(results / "datasets" / "train.zarr"),
-            args.out_dir or str(results / "models" / args.method),
+            args.dataset or results.dataset("train"),
+            args.out_dir or results.model_dir(args.method),
         )
     elif args.step == "sample":
         steps.sample_method(
             args.method,
-            str(results / "models" / args.method / "model.pt"),
-            str(results / "datasets" / "test.zarr"),
-            str(results / "predictions" / args.method / "test.zarr"),
-            str(results / "benchmarks" / f"sample_{args.method}.json"),
+            results.model(args.method),
+            results.dataset("test"),
+            results.predictions(args.method),
+            results.sample_timing(args.method),
             config["sample"],
         )
+
+
+def _compare(old: str, new: str) -> None:
+    """Print every difference between two results folders; an error when there is one."""
+    differences = compare_results(old, new)
+    for difference in differences:
+        print(difference)
+    if differences:
+        raise CellResDMError(f"{len(differences)} difference(s) between {old} and {new}")
+    print(f"{old} and {new} agree: arrays bit-identical, tables equal (timings, logs and benchmarks left out)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,10 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--workers", type=int, default=1)
     train = sub.add_parser("train", help="train one method (under torchrun: data parallel)")
     train.add_argument("method")
-    train.add_argument("--dataset", help="default: RESULTS/datasets/train.zarr")
-    train.add_argument("--out-dir", help="default: RESULTS/models/METHOD")
+    train.add_argument("--dataset", help="default: the train split's dataset store under --results")
+    train.add_argument("--out-dir", help="default: the method's model folder under --results")
     sub.add_parser("sample", help="sample one trained method on the test split").add_argument("method")
     sub.add_parser("dataset", help="zarr dataset of one split").add_argument("split", choices=["train", "val", "test"])
+    compare = sub.add_parser("compare", help="compare two results folders (arrays bit-identical, tables equal)")
+    compare.add_argument("old")
+    compare.add_argument("new")
+    sub.add_parser("outputs", help="print every output path of the pipeline, its stage, rule and writer")
     return parser
 
 

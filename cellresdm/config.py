@@ -19,6 +19,8 @@ import yaml
 from cellresdm.errors import ConfigError
 
 SCHEMA_FILE = "config.schema.yaml"
+#: Config sections renamed so that no two names can be confused: old name -> new name.
+RENAMED_SECTIONS: dict[str, str] = {"segment": "instances", "segmentation": "segmentation_scores"}
 
 
 def schema_path() -> Path:
@@ -67,6 +69,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ConfigError: naming the first offending key (all schema errors are listed).
     """
+    renamed = [f"'{old}' is now '{new}'" for old, new in RENAMED_SECTIONS.items() if old in config]
+    if renamed:
+        raise ConfigError(f"renamed config key(s): {'; '.join(renamed)} (same settings, new name)")
     schema = load_schema()
     validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -86,10 +91,10 @@ def check_config(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"config key 'reference': {config['reference']!r} is not an enabled method ({', '.join(config['methods'])})"
         )
-    segmentation = config["segmentation"]
-    if not any(abs(segmentation["ttest_tau"] - tau) < 1e-9 for tau in segmentation["taus"]):
+    scores = config["segmentation_scores"]
+    if not any(abs(scores["ttest_tau"] - tau) < 1e-9 for tau in scores["taus"]):
         raise ConfigError(
-            f"config key 'segmentation.ttest_tau': {segmentation['ttest_tau']} is not one of segmentation.taus"
+            f"config key 'segmentation_scores.ttest_tau': {scores['ttest_tau']} is not one of segmentation_scores.taus"
         )
     if config["source"] == "demo":
         from cellresdm.synth import cell_lines

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,12 +44,22 @@ class FilterSettings:
         workers: threads reading fields in parallel.
     """
 
-    edge_ring: int = 1
-    black_if_percentile: float = 99.9
-    black_if_min_ratio: float = 1.5
+    edge_ring: int
+    black_if_percentile: float
+    black_if_min_ratio: float
     n_rows: int = layout.N_ROWS
     n_cols: int = layout.N_COLS
     workers: int = 2
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any], workers: int = 2) -> FilterSettings:
+        """From the validated config section ``filter`` (the schema holds the defaults)."""
+        return cls(
+            edge_ring=section["edge_ring"],
+            black_if_percentile=section["black_if_percentile"],
+            black_if_min_ratio=section["black_if_min_ratio"],
+            workers=workers,
+        )
 
     def validate(self) -> None:
         if self.edge_ring < 0:

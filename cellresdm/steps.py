@@ -25,20 +25,14 @@ def layout_from_config(gallery: dict[str, Any]) -> GalleryLayout:
     return GalleryLayout(project=gallery["project"], source=gallery["source"], batch=gallery["batch"])
 
 
-def synth_plate(plate: str, cell_line: str, demo: dict[str, Any], gallery_root: str, truth_root: str) -> Path:
-    """Write one plate of the embedded synthetic gallery (config section ``demo``); returns its load_data.csv."""
+def synth_plate(plate: str, cell_line: str, demo: dict[str, Any], gallery_root: str, truth_dir: str) -> Path:
+    """Write one plate of the embedded synthetic gallery (config section ``demo``) into the bucket folder
+    ``gallery_root`` and its true labels into ``truth_dir``; returns its load_data.csv."""
     from cellresdm.synth import SynthConfig, SynthPlate, write_plate
 
-    settings = SynthConfig(
-        field_size=demo["field_size"],
-        wells=tuple(demo["wells"]),
-        sites=demo["sites"],
-        black_if_wells=tuple(demo["black_if_wells"]),
-        missing_fields=tuple((m["well"], m["site"]) for m in demo["missing_fields"]),
-        seed=demo["seed"],
-    )
     start = time.perf_counter()
-    path = write_plate(gallery_root, truth_root, SynthPlate(plate=plate, cell_line=cell_line), settings)
+    settings = SynthConfig.from_config(demo)
+    path = write_plate(gallery_root, truth_dir, SynthPlate(plate=plate, cell_line=cell_line), settings)
     log.info("synthetic plate %s (%s) written in %.1f s: %s", plate, cell_line, time.perf_counter() - start, path)
     return path
 
@@ -70,15 +64,7 @@ def filter_plate(
     from cellresdm.filters import FilterSettings, filter_fields, plot_plate_map
 
     table = filter_fields(
-        pd.read_parquet(load_data),
-        FilterSettings(
-            edge_ring=settings["edge_ring"],
-            black_if_percentile=settings["black_if_percentile"],
-            black_if_min_ratio=settings["black_if_min_ratio"],
-            workers=workers,
-        ),
-        log=log,
-        plate=plate,
+        pd.read_parquet(load_data), FilterSettings.from_config(settings, workers=workers), log=log, plate=plate
     )
     counts = table["reason"].replace("", "kept").value_counts().to_dict()
     log.info("plate %s: %d fields, %s", plate, len(table), counts)
@@ -139,7 +125,7 @@ def dataset(
     cell_lines: list[str],
     fields: list[str],
     load_data: list[str],
-    groundtruth_root: str,
+    groundtruth_dirs: list[str],
     settings: dict[str, Any],
     boundary_thickness: int,
     out: str,
@@ -149,17 +135,17 @@ def dataset(
     """Build ``datasets/{split}.zarr`` from the plates of one split (config section ``dataset``)."""
     from cellresdm.dataset import NormSettings, PlateInput, build_dataset
 
-    if not (len(plates) == len(cell_lines) == len(fields) == len(load_data)):
-        raise CellResDMError(f"split {split}: plates, cell lines and input tables do not line up")
+    if not (len(plates) == len(cell_lines) == len(fields) == len(load_data) == len(groundtruth_dirs)):
+        raise CellResDMError(f"split {split}: plates, cell lines, input tables and label folders do not line up")
     inputs = [
         PlateInput(
             plate=plate,
             cell_line=line,
             fields=pd.read_parquet(table),
             load_data=pd.read_parquet(ld),
-            groundtruth_dir=Path(groundtruth_root) / plate,
+            groundtruth_dir=Path(labels),
         )
-        for plate, line, table, ld in zip(plates, cell_lines, fields, load_data, strict=True)
+        for plate, line, table, ld, labels in zip(plates, cell_lines, fields, load_data, groundtruth_dirs, strict=True)
     ]
     summary = build_dataset(
         inputs,

@@ -92,13 +92,25 @@ class SynthConfig:
         treatments: (well, Treatment) pairs that replace the drawn treatment of those wells.
     """
 
-    field_size: int = 256
-    wells: tuple[str, ...] = ("A01", "B02", "B03", "C02", "C03", "P24")
-    sites: int = 2
-    black_if_wells: tuple[str, ...] = ("A01",)
-    missing_fields: tuple[tuple[str, int], ...] = (("C03", 2),)
-    seed: int = 0
+    field_size: int
+    wells: tuple[str, ...]
+    sites: int
+    black_if_wells: tuple[str, ...]
+    missing_fields: tuple[tuple[str, int], ...]
+    seed: int
     treatments: tuple[tuple[str, Treatment], ...] = ()
+
+    @classmethod
+    def from_config(cls, section: dict) -> SynthConfig:
+        """From the validated config section ``demo`` (the schema holds the defaults)."""
+        return cls(
+            field_size=section["field_size"],
+            wells=tuple(section["wells"]),
+            sites=section["sites"],
+            black_if_wells=tuple(section["black_if_wells"]),
+            missing_fields=tuple((m["well"], m["site"]) for m in section["missing_fields"]),
+            seed=section["seed"],
+        )
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field of the config."""
@@ -583,18 +595,18 @@ def field_rng(plate: str, row: int, col: int, site: int, config: SynthConfig) ->
     )
 
 
-def _check_roots(root: Path, truth_root: Path) -> None:
-    r, t = root.resolve(), truth_root.resolve()
+def _check_roots(root: Path, truth_dir: Path) -> None:
+    r, t = root.resolve(), truth_dir.resolve()
     if t == r or r in t.parents:
-        raise ValueError(f"truth_root {truth_root} must lie beside the gallery root {root}, not inside it")
+        raise ValueError(f"truth folder {truth_dir} must lie beside the gallery root {root}, not inside it")
 
 
-def write_plate(root: str | os.PathLike, truth_root: str | os.PathLike, plate: SynthPlate, config: SynthConfig) -> Path:
-    """Write one plate's images and load_data.csv under ``root`` and its truth under ``truth_root``.
+def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: SynthPlate, config: SynthConfig) -> Path:
+    """Write one plate's images and load_data.csv under ``root`` and its truth into ``truth_dir``.
 
     Args:
         root: local folder standing for the bucket root (``s3://cellpainting-gallery/``).
-        truth_root: folder for ``{plate}/{field}_labels.tiff`` and ``{plate}/wells.csv``; outside ``root``.
+        truth_dir: the plate's truth folder, for ``{field}_labels.tiff`` and ``wells.csv``; outside ``root``.
         plate: barcode and cell line.
         config: wells, sites, black IF wells, missing fields, field size and seed.
 
@@ -605,13 +617,12 @@ def write_plate(root: str | os.PathLike, truth_root: str | os.PathLike, plate: S
     _line(plate.cell_line)
     if not layout.PLATE_ID_PATTERN.match(plate.plate):
         raise ValueError(f"invalid plate barcode {plate.plate!r}")
-    root, truth_root = Path(root), Path(truth_root)
-    _check_roots(root, truth_root)
+    root, truth_dir = Path(root), Path(truth_dir)
+    _check_roots(root, truth_dir)
     gallery = layout.GalleryLayout()
     plate_dir = plate_dir_name(plate.plate)
     optics = plate_optics(plate.plate, config)
     missing = set(config.missing_fields)
-    truth_dir = truth_root / plate.plate
 
     rows, wells = [], []
     for well in config.wells:
@@ -659,10 +670,11 @@ def write_plate(root: str | os.PathLike, truth_root: str | os.PathLike, plate: S
 def write_gallery(
     root: str | os.PathLike, truth_root: str | os.PathLike, plates: Sequence[SynthPlate], config: SynthConfig
 ) -> list[Path]:
-    """Write every plate with :func:`write_plate`; returns their load_data.csv paths in the given order."""
+    """Write every plate with :func:`write_plate`, the truth of each in ``truth_root/{plate}``; returns their
+    load_data.csv paths in the given order."""
     barcodes = [p.plate for p in plates]
     if len(set(barcodes)) != len(barcodes):
         raise ValueError(f"duplicate plate barcodes: {barcodes}")
     for p in plates:
         _line(p.cell_line)
-    return [write_plate(root, truth_root, p, config) for p in plates]
+    return [write_plate(root, Path(truth_root) / p.plate, p, config) for p in plates]

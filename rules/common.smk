@@ -1,18 +1,12 @@
 # Shared configuration and helper functions of all rules (no lambdas in rules: name them here).
-from pathlib import Path
-
+# Every path comes from cellresdm.results (the results layout); no rule spells one.
 from cellresdm import config as cfg
 from cellresdm.layout import GalleryLayout
+from cellresdm.results import ResultsLayout
 
 cfg.validate_config(config)
 
-RESULTS = "results"
-LOGS = f"{RESULTS}/logs"
-BENCHMARKS = f"{RESULTS}/benchmarks"
-DEMO_GALLERY = f"{RESULTS}/demo_gallery"
-DEMO_TRUTH = f"{RESULTS}/demo_truth"
-REPORTS = f"{RESULTS}/reports"
-VQGAN_MODEL = f"{RESULTS}/models/vqgan/model.pt"
+RESULTS = ResultsLayout()
 PLATES = {plate["id"]: plate for plate in config["plates"]}
 LAYOUT = GalleryLayout(
     project=config["gallery"]["project"],
@@ -25,13 +19,9 @@ def is_demo():
     return config["source"] == "demo"
 
 
-def gallery_root():
-    """Bucket root to download from (the generated demo gallery or the configured one)."""
-    return DEMO_GALLERY if is_demo() else config["gallery"]["root"]
-
-
 def demo_load_data(plate):
-    return f"{DEMO_GALLERY}/{LAYOUT.load_data_key(plate)}"
+    """The generated load_data.csv of a demo plate, at its gallery key."""
+    return f"{RESULTS.demo_gallery()}/{LAYOUT.load_data_key(plate)}"
 
 
 def download_input(wildcards):
@@ -39,141 +29,45 @@ def download_input(wildcards):
     return [demo_load_data(wildcards.plate)] if is_demo() else []
 
 
-def plates_of_split(wildcards):
-    return cfg.plates_in_split(config, wildcards.split)
-
-
-def dataset_input(wildcards):
-    plates = plates_of_split(wildcards)
-    return {
-        "fields": expand(f"{RESULTS}/fields/{{plate}}.parquet", plate=plates),
-        "load_data": expand(f"{RESULTS}/raw/{{plate}}/load_data.parquet", plate=plates),
-        "groundtruth": expand(
-            f"{RESULTS}/groundtruth/{{plate}}/index.parquet", plate=plates
-        ),
-    }
-
-
-def cell_lines_of_split(wildcards):
-    return [PLATES[p]["cell_line"] for p in plates_of_split(wildcards)]
-
-
-def qc_input():
-    return expand(f"{RESULTS}/groundtruth/qc/{{plate}}.parquet", plate=PLATES)
-
-
-def all_outputs():
-    """Every final product of the stages implemented so far."""
-    outputs = expand(f"{RESULTS}/fields/{{plate}}_platemap.png", plate=PLATES)
-    outputs += expand(f"{RESULTS}/datasets/{{split}}.zarr", split=cfg.splits(config))
-    if is_demo():
-        outputs.append(f"{RESULTS}/groundtruth/qc_summary.csv")
-    if has_model_splits() and config["methods"]:
-        outputs += [f"{RESULTS}/metrics/image_quality_summary.csv"]
-        outputs += expand(
-            f"{RESULTS}/benchmarks/sample_{{method}}.json", method=config["methods"]
-        )
-    if has_model_splits() and segmentation_sources():
-        outputs.append(f"{RESULTS}/segmentation/segmentation_summary.csv")
-    if has_model_splits() and config["methods"]:
-        outputs.append(f"{REPORTS}/report.html")
-    return outputs
-
-
-def report_input(wildcards):
-    """Everything the paper report reads (lists follow config methods, segmentation sources and plates)."""
-    methods = config["methods"]
-    inputs = {
-        "dataset": f"{RESULTS}/datasets/test.zarr",
-        "quality": f"{RESULTS}/metrics/image_quality.parquet",
-        "quality_ttests": f"{RESULTS}/metrics/image_quality_ttests.csv",
-        "predictions": method_predictions(),
-        "sample_benchmarks": expand(
-            f"{BENCHMARKS}/sample_{{method}}.json", method=methods
-        ),
-        "models": expand(f"{RESULTS}/models/{{method}}/model.pt", method=methods),
-        "groundtruth": expand(
-            f"{RESULTS}/groundtruth/{{plate}}/index.parquet", plate=PLATES
-        ),
-        "fields": expand(f"{RESULTS}/fields/{{plate}}.parquet", plate=PLATES),
-    }
-    if segmentation_sources():
-        inputs["instances"] = segmentation_instances()
-        for name, path in segmentation_reports().items():
-            inputs[name] = path
-    if is_demo():
-        inputs["qc_summary"] = f"{RESULTS}/groundtruth/qc_summary.csv"
-    inputs["table2"] = f"{RESULTS}/features/table2_features.csv"
-    return inputs
-
-
-def feature_images(wildcards):
-    """The real test images for source ``real``, else the method's synthetic ones."""
-    if wildcards.source == "real":
-        return f"{RESULTS}/datasets/test.zarr"
-    return f"{RESULTS}/predictions/{wildcards.source}/test.zarr"
-
-
-def results_dir(wildcards, input):
-    """The results folder, from the test dataset's path (results/datasets/test.zarr)."""
-    return str(Path(input.dataset).parent.parent)
-
-
-def segmentation_reports():
-    return {
-        "segmentation_summary": f"{RESULTS}/segmentation/segmentation_summary.csv",
-        "segmentation_ttests": f"{RESULTS}/segmentation/segmentation_ttests.csv",
-        "fig6": f"{RESULTS}/segmentation/fig6_segmentation.png",
-        "fig7": f"{RESULTS}/segmentation/fig7_stardist.png",
-    }
-
-
-def report_segmentation_figures():
-    """Figs. 6 and 7 copied into the report folder when there are segmentation sources."""
-    if not segmentation_sources():
-        return []
-    return [f"{REPORTS}/fig6_segmentation.png", f"{REPORTS}/fig7_stardist.png"]
+def gallery_settings():
+    """Download settings, with the root resolved for the demo."""
+    if not is_demo():
+        return config["gallery"]
+    return {**config["gallery"], "root": RESULTS.demo_gallery(), "endpoint_url": None}
 
 
 def plate_cell_line(wildcards):
     return PLATES[wildcards.plate]["cell_line"]
 
 
-def gallery_settings():
-    """Download settings, with the root resolved for the demo."""
+def plates_of_split(wildcards):
+    return cfg.plates_in_split(config, wildcards.split)
+
+
+def cell_lines_of_split(wildcards):
+    return [PLATES[p]["cell_line"] for p in plates_of_split(wildcards)]
+
+
+def dataset_input(wildcards):
+    plates = plates_of_split(wildcards)
     return {
-        **config["gallery"],
-        "root": gallery_root(),
-        "endpoint_url": None if is_demo() else config["gallery"]["endpoint_url"],
+        "fields": [RESULTS.fields(p) for p in plates],
+        "load_data": [RESULTS.load_data(p) for p in plates],
+        "groundtruth": [RESULTS.groundtruth_index(p) for p in plates],
     }
 
 
-def output_dir(wildcards, output):
-    """Folder of the first output, where per-field files that are not declared outputs go."""
-    return str(Path(output[0]).parent)
+def groundtruth_dirs_of_split(wildcards):
+    return [RESULTS.groundtruth_dir(p) for p in plates_of_split(wildcards)]
 
 
-def demo_roots(wildcards, output):
-    """Gallery root and truth root of the synthetic gallery, from the synth_plate outputs."""
-    key = LAYOUT.load_data_key(wildcards.plate)
-    return {
-        "gallery": str(output.load_data)[: -len(key) - 1],
-        "truth": str(Path(output.wells).parent.parent),
-    }
+def qc_input():
+    return [RESULTS.groundtruth_qc(p) for p in PLATES]
 
 
-def truth_dir(wildcards, input):
-    return str(Path(input.wells).parent)
-
-
-def method_model(wildcards):
-    return f"{RESULTS}/models/{wildcards.method}/model.pt"
-
-
-def method_predictions():
-    return expand(
-        f"{RESULTS}/predictions/{{method}}/test.zarr", method=config["methods"]
-    )
+def has_model_splits():
+    """Training and sampling need a train and a test split."""
+    return {"train", "test"} <= set(cfg.splits(config))
 
 
 def stardist_sources():
@@ -188,22 +82,85 @@ def segmentation_sources():
     return list(config["methods"]) + stardist_sources()
 
 
+def method_predictions():
+    return [RESULTS.predictions(m) for m in config["methods"]]
+
+
+def method_features():
+    return [RESULTS.features(m) for m in config["methods"]]
+
+
 def segmentation_instances():
-    return [
-        f"{RESULTS}/segmentation/{source}_instances.zarr"
-        for source in segmentation_sources()
-    ]
+    return [RESULTS.instances(s) for s in segmentation_sources()]
 
 
 def segmentation_tables():
-    return [
-        f"{RESULTS}/segmentation/{source}.parquet" for source in segmentation_sources()
-    ]
+    return [RESULTS.segmentation_scores(s) for s in segmentation_sources()]
 
 
-def has_model_splits():
-    """Training and sampling need a train and a test split."""
-    return {"train", "test"} <= set(cfg.splits(config))
+def all_outputs():
+    """Every final product of the configured run."""
+    outputs = [RESULTS.platemap(p) for p in PLATES]
+    outputs += [RESULTS.dataset(s) for s in cfg.splits(config)]
+    if is_demo():
+        outputs.append(RESULTS.groundtruth_qc_summary())
+    if has_model_splits() and config["methods"]:
+        outputs.append(RESULTS.image_quality_summary())
+        outputs += [RESULTS.sample_timing(m) for m in config["methods"]]
+    if has_model_splits() and segmentation_sources():
+        outputs.append(RESULTS.segmentation_summary())
+    if has_model_splits() and config["methods"]:
+        outputs.append(RESULTS.report("html"))
+    return outputs
+
+
+def feature_images(wildcards):
+    """The real test images for source ``real``, else the method's synthetic ones."""
+    if wildcards.source == "real":
+        return RESULTS.dataset("test")
+    return RESULTS.predictions(wildcards.source)
+
+
+def report_input(wildcards):
+    """Everything the paper report reads (lists follow config methods, segmentation sources and plates)."""
+    methods = config["methods"]
+    inputs = {
+        "dataset": RESULTS.dataset("test"),
+        "quality": RESULTS.image_quality(),
+        "quality_ttests": RESULTS.image_quality_ttests(),
+        "predictions": method_predictions(),
+        "sample_benchmarks": [RESULTS.sample_timing(m) for m in methods],
+        "models": [RESULTS.model(m) for m in methods],
+        "groundtruth": [RESULTS.groundtruth_index(p) for p in PLATES],
+        "fields": [RESULTS.fields(p) for p in PLATES],
+        "table2": RESULTS.table2(),
+    }
+    if segmentation_sources():
+        inputs["instances"] = segmentation_instances()
+        inputs["segmentation_summary"] = RESULTS.segmentation_summary()
+        inputs["segmentation_ttests"] = RESULTS.segmentation_ttests()
+        inputs["fig6"] = RESULTS.fig6()
+        inputs["fig7"] = RESULTS.fig7()
+    if is_demo():
+        inputs["qc_summary"] = RESULTS.groundtruth_qc_summary()
+    return inputs
+
+
+def report_segmentation_figures():
+    """Figs. 6 and 7 copied into the report folder when there are segmentation sources."""
+    if not segmentation_sources():
+        return []
+    return [RESULTS.report("fig6"), RESULTS.report("fig7")]
+
+
+def train_benchmarks():
+    """Snakemake's timing of each method's training (read by the report; not an input: written after the job)."""
+    return {m: RESULTS.benchmark("train", m) for m in config["methods"]}
+
+
+def report_config():
+    """The config keys the report reads, so an unrelated config edit does not rerun it."""
+    return {key: config[key] for key in ("source", "reference", "methods", "plates")}
 
 
 def uses_pipeline_vqgan(method):
@@ -212,9 +169,9 @@ def uses_pipeline_vqgan(method):
 
 
 def train_input(wildcards):
-    inputs = {"dataset": f"{RESULTS}/datasets/train.zarr"}
+    inputs = {"dataset": RESULTS.dataset("train")}
     if uses_pipeline_vqgan(wildcards.method):
-        inputs["vqgan"] = VQGAN_MODEL
+        inputs["vqgan"] = RESULTS.model("vqgan")
     return inputs
 
 
@@ -222,7 +179,7 @@ def method_train_config(wildcards):
     """The config sections training one method reads (its own and ``train``), so other edits do not retrain."""
     section = dict(config[wildcards.method])
     if uses_pipeline_vqgan(wildcards.method):
-        section["vqgan_checkpoint"] = VQGAN_MODEL
+        section["vqgan_checkpoint"] = RESULTS.model("vqgan")
     return {wildcards.method: section, "train": config["train"]}
 
 

@@ -5,12 +5,12 @@ rule dataset:
     input:
         unpack(dataset_input),
     output:
-        zarr=directory(f"{RESULTS}/datasets/{{split}}.zarr"),
-        summary=f"{RESULTS}/datasets/{{split}}_summary.json",
+        zarr=directory(RESULTS.dataset("{split}")),
+        summary=RESULTS.dataset_summary("{split}"),
     log:
-        f"{LOGS}/dataset/{{split}}.log",
+        RESULTS.log("dataset", "{split}"),
     benchmark:
-        f"{BENCHMARKS}/dataset/{{split}}.tsv"
+        RESULTS.benchmark("dataset", "{split}")
     conda:
         "../envs/main.yaml"
     threads: 2
@@ -20,7 +20,7 @@ rule dataset:
     params:
         plates=plates_of_split,
         cell_lines=cell_lines_of_split,
-        groundtruth_root=f"{RESULTS}/groundtruth",
+        groundtruth_dirs=groundtruth_dirs_of_split,
         settings=config["dataset"],
         boundary_thickness=config["groundtruth"]["boundary_thickness"],
     script:

@@ -3,10 +3,12 @@
 
 rule synth_plate:
     output:
-        load_data=f"{DEMO_GALLERY}/{LAYOUT.load_data_key('{plate}')}",
-        wells=f"{DEMO_TRUTH}/{{plate}}/wells.csv",
+        load_data=demo_load_data("{plate}"),
+        wells=RESULTS.demo_wells("{plate}"),
     log:
-        f"{LOGS}/synth_plate/{{plate}}.log",
+        RESULTS.log("synth_plate", "{plate}"),
+    benchmark:
+        RESULTS.benchmark("synth_plate", "{plate}")
     conda:
         "../envs/main.yaml"
     threads: 1
@@ -16,7 +18,8 @@ rule synth_plate:
     params:
         cell_line=plate_cell_line,
         demo=config["demo"],
-        roots=demo_roots,
+        gallery_root=RESULTS.demo_gallery(),
+        truth_dir=RESULTS.demo_truth("{plate}"),
     script:
         "../workflow_scripts/synth_plate.py"
 
@@ -25,11 +28,11 @@ rule download:
     input:
         download_input,
     output:
-        load_data=f"{RESULTS}/raw/{{plate}}/load_data.parquet",
+        load_data=RESULTS.load_data("{plate}"),
     log:
-        f"{LOGS}/download/{{plate}}.log",
+        RESULTS.log("download", "{plate}"),
     benchmark:
-        f"{BENCHMARKS}/download/{{plate}}.tsv"
+        RESULTS.benchmark("download", "{plate}")
     retries: 2
     conda:
         "../envs/main.yaml"
@@ -39,6 +42,6 @@ rule download:
         runtime=240,
     params:
         gallery=gallery_settings(),
-        out_dir=output_dir,
+        out_dir=RESULTS.raw_plate("{plate}"),
     script:
         "../workflow_scripts/download.py"

@@ -3,19 +3,21 @@
 
 rule image_quality:
     input:
-        dataset=f"{RESULTS}/datasets/test.zarr",
+        dataset=RESULTS.dataset("test"),
         predictions=method_predictions(),
     output:
-        table=f"{RESULTS}/metrics/image_quality.parquet",
+        table=RESULTS.image_quality(),
         summary=report(
-            f"{RESULTS}/metrics/image_quality_summary.csv",
+            RESULTS.image_quality_summary(),
             caption="../report/image_quality.rst",
             category="Results",
             subcategory="Image quality",
         ),
-        ttests=f"{RESULTS}/metrics/image_quality_ttests.csv",
+        ttests=RESULTS.image_quality_ttests(),
     log:
-        f"{LOGS}/image_quality.log",
+        RESULTS.log("evaluate", "image_quality"),
+    benchmark:
+        RESULTS.benchmark("evaluate", "image_quality")
     conda:
         "../envs/main.yaml"
     threads: 1

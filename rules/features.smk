@@ -4,13 +4,13 @@
 rule features:
     input:
         images=feature_images,
-        dataset=f"{RESULTS}/datasets/test.zarr",
+        dataset=RESULTS.dataset("test"),
     output:
-        features=f"{RESULTS}/features/{{source}}.parquet",
+        features=RESULTS.features("{source}"),
     log:
-        f"{LOGS}/features/{{source}}.log",
+        RESULTS.log("features", "{source}"),
     benchmark:
-        f"{BENCHMARKS}/features/{{source}}.tsv"
+        RESULTS.benchmark("features", "{source}")
     conda:
         "../envs/main.yaml"
     threads: 2
@@ -26,20 +26,20 @@ rule features:
 
 rule feature_correlation:
     input:
-        real=f"{RESULTS}/features/real.parquet",
-        synthetic=expand(
-            f"{RESULTS}/features/{{method}}.parquet", method=config["methods"]
-        ),
+        real=RESULTS.features("real"),
+        synthetic=method_features(),
     output:
         table=report(
-            f"{RESULTS}/features/table2_features.csv",
+            RESULTS.table2(),
             caption="../report/table2.rst",
             category="Results",
             subcategory="Features",
         ),
-        markdown=f"{RESULTS}/features/table2.md",
+        markdown=RESULTS.table2_markdown(),
     log:
-        f"{LOGS}/features/table2.log",
+        RESULTS.log("features", "table2"),
+    benchmark:
+        RESULTS.benchmark("features", "table2")
     conda:
         "../envs/main.yaml"
     threads: 1
@@ -47,6 +47,7 @@ rule feature_correlation:
         mem_mb=4000,
         runtime=30,
     params:
+        methods=config["methods"],
         by=config["features"]["correlation_by"],
         min_images=config["features"]["min_images"],
     script:

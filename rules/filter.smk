@@ -3,20 +3,20 @@
 
 rule filter_fields:
     input:
-        load_data=f"{RESULTS}/raw/{{plate}}/load_data.parquet",
+        load_data=RESULTS.load_data("{plate}"),
     output:
-        fields=f"{RESULTS}/fields/{{plate}}.parquet",
+        fields=RESULTS.fields("{plate}"),
         platemap=report(
-            f"{RESULTS}/fields/{{plate}}_platemap.png",
+            RESULTS.platemap("{plate}"),
             caption="../report/platemap.rst",
             category="Data",
             subcategory="Field filtering",
             labels={"plate": "{plate}"},
         ),
     log:
-        f"{LOGS}/filter/{{plate}}.log",
+        RESULTS.log("filter", "{plate}"),
     benchmark:
-        f"{BENCHMARKS}/filter/{{plate}}.tsv"
+        RESULTS.benchmark("filter", "{plate}")
     conda:
         "../envs/main.yaml"
     threads: 2

@@ -3,14 +3,14 @@
 
 rule groundtruth:
     input:
-        fields=f"{RESULTS}/fields/{{plate}}.parquet",
-        load_data=f"{RESULTS}/raw/{{plate}}/load_data.parquet",
+        fields=RESULTS.fields("{plate}"),
+        load_data=RESULTS.load_data("{plate}"),
     output:
-        index=f"{RESULTS}/groundtruth/{{plate}}/index.parquet",
+        index=RESULTS.groundtruth_index("{plate}"),
     log:
-        f"{LOGS}/groundtruth/{{plate}}.log",
+        RESULTS.log("groundtruth", "{plate}"),
     benchmark:
-        f"{BENCHMARKS}/groundtruth/{{plate}}.tsv"
+        RESULTS.benchmark("groundtruth", "{plate}")
     conda:
         "../envs/main.yaml"
     threads: 2
@@ -19,19 +19,21 @@ rule groundtruth:
         runtime=720,
     params:
         settings=config["groundtruth"],
-        out_dir=output_dir,
+        out_dir=RESULTS.groundtruth_dir("{plate}"),
     script:
         "../workflow_scripts/groundtruth.py"
 
 
 rule groundtruth_qc:
     input:
-        index=f"{RESULTS}/groundtruth/{{plate}}/index.parquet",
-        wells=f"{DEMO_TRUTH}/{{plate}}/wells.csv",
+        index=RESULTS.groundtruth_index("{plate}"),
+        wells=RESULTS.demo_wells("{plate}"),
     output:
-        qc=f"{RESULTS}/groundtruth/qc/{{plate}}.parquet",
+        qc=RESULTS.groundtruth_qc("{plate}"),
     log:
-        f"{LOGS}/groundtruth_qc/{{plate}}.log",
+        RESULTS.log("groundtruth_qc", "{plate}"),
+    benchmark:
+        RESULTS.benchmark("groundtruth_qc", "{plate}")
     conda:
         "../envs/main.yaml"
     threads: 1
@@ -39,7 +41,7 @@ rule groundtruth_qc:
         mem_mb=2000,
         runtime=30,
     params:
-        truth_dir=truth_dir,
+        truth_dir=RESULTS.demo_truth("{plate}"),
         iou=config["groundtruth"]["qc_iou"],
     script:
         "../workflow_scripts/groundtruth_qc.py"
@@ -50,13 +52,15 @@ rule groundtruth_qc_summary:
         qc_input(),
     output:
         summary=report(
-            f"{RESULTS}/groundtruth/qc_summary.csv",
+            RESULTS.groundtruth_qc_summary(),
             caption="../report/groundtruth_qc.rst",
             category="Data",
             subcategory="Ground truth",
         ),
     log:
-        f"{LOGS}/groundtruth_qc/summary.log",
+        RESULTS.log("groundtruth_qc", "summary"),
+    benchmark:
+        RESULTS.benchmark("groundtruth_qc", "summary")
     conda:
         "../envs/main.yaml"
     threads: 1

@@ -6,48 +6,50 @@ rule paper_report:
         unpack(report_input),
     output:
         html=report(
-            f"{REPORTS}/report.html",
+            RESULTS.report("html"),
             caption="../report/paper_report.rst",
             category="Report",
         ),
         fig4=report(
-            f"{REPORTS}/fig4_examples.png",
+            RESULTS.report("fig4"),
             caption="../report/fig4.rst",
             category="Results",
             subcategory="Image quality",
         ),
         fig5=report(
-            f"{REPORTS}/fig5_quality.png",
+            RESULTS.report("fig5"),
             caption="../report/fig5.rst",
             category="Results",
             subcategory="Image quality",
         ),
         table3=report(
-            f"{REPORTS}/table3_latent.csv",
+            RESULTS.report("table3"),
             caption="../report/table3.rst",
             category="Results",
             subcategory="Speed",
         ),
         throughput=report(
-            f"{REPORTS}/throughput.csv",
+            RESULTS.report("throughput"),
             caption="../report/throughput.rst",
             category="Results",
             subcategory="Speed",
         ),
         methods=report(
-            f"{REPORTS}/methods.csv",
+            RESULTS.report("methods"),
             caption="../report/methods.rst",
             category="Run",
         ),
         filtering=report(
-            f"{REPORTS}/filtering.csv",
+            RESULTS.report("filtering"),
             caption="../report/filtering.rst",
             category="Run",
         ),
-        table2=f"{REPORTS}/table2_features.csv",
+        table2=RESULTS.report("table2"),
         segmentation_figures=report_segmentation_figures(),
     log:
-        f"{LOGS}/report.log",
+        RESULTS.log("report", "paper_report"),
+    benchmark:
+        RESULTS.benchmark("report", "paper_report")
     conda:
         "../envs/main.yaml"
     threads: 1
@@ -58,7 +60,7 @@ rule paper_report:
         methods=config["methods"],
         plates=list(PLATES),
         sources=segmentation_sources(),
-        results=results_dir,
-        config=config,
+        train_benchmarks=train_benchmarks(),
+        config=report_config(),
     script:
         "../workflow_scripts/report.py"

@@ -3,15 +3,15 @@
 
 rule sample:
     input:
-        model=method_model,
-        dataset=f"{RESULTS}/datasets/test.zarr",
+        model=RESULTS.model("{method}"),
+        dataset=RESULTS.dataset("test"),
     output:
-        predictions=directory(f"{RESULTS}/predictions/{{method}}/test.zarr"),
-        timing=f"{BENCHMARKS}/sample_{{method}}.json",
+        predictions=directory(RESULTS.predictions("{method}")),
+        timing=RESULTS.sample_timing("{method}"),
     log:
-        f"{LOGS}/sample/{{method}}.log",
+        RESULTS.log("sample", "{method}"),
     benchmark:
-        f"{BENCHMARKS}/sample/{{method}}.tsv"
+        RESULTS.benchmark("sample", "{method}")
     conda:
         "../envs/torch.yaml"
     threads: 2

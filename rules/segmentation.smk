@@ -3,13 +3,13 @@
 
 rule segment:
     input:
-        predictions=f"{RESULTS}/predictions/{{method}}/test.zarr",
+        predictions=RESULTS.predictions("{method}"),
     output:
-        instances=directory(f"{RESULTS}/segmentation/{{method}}_instances.zarr"),
+        instances=directory(RESULTS.instances("{method}")),
     log:
-        f"{LOGS}/segmentation/{{method}}.log",
+        RESULTS.log("segmentation", "{method}"),
     benchmark:
-        f"{BENCHMARKS}/segmentation/{{method}}.tsv"
+        RESULTS.benchmark("segmentation", "{method}")
     conda:
         "../envs/main.yaml"
     threads: 2
@@ -17,40 +17,42 @@ rule segment:
         mem_mb=8000,
         runtime=120,
     params:
-        settings=config["segment"],
+        settings=config["instances"],
     script:
         "../workflow_scripts/segment.py"
 
 
 rule segmentation_scores:
     input:
-        dataset=f"{RESULTS}/datasets/test.zarr",
+        dataset=RESULTS.dataset("test"),
         instances=segmentation_instances(),
     output:
         tables=segmentation_tables(),
-        ttests=f"{RESULTS}/segmentation/segmentation_ttests.csv",
+        ttests=RESULTS.segmentation_ttests(),
         summary=report(
-            f"{RESULTS}/segmentation/segmentation_summary.csv",
+            RESULTS.segmentation_summary(),
             caption="../report/segmentation.rst",
             category="Results",
             subcategory="Segmentation",
         ),
         fig6=report(
-            f"{RESULTS}/segmentation/fig6_segmentation.png",
+            RESULTS.fig6(),
             caption="../report/fig6.rst",
             category="Results",
             subcategory="Segmentation",
         ),
-        fig6_data=f"{RESULTS}/segmentation/fig6_segmentation.csv",
+        fig6_data=RESULTS.fig6_data(),
         fig7=report(
-            f"{RESULTS}/segmentation/fig7_stardist.png",
+            RESULTS.fig7(),
             caption="../report/fig7.rst",
             category="Results",
             subcategory="Segmentation",
         ),
-        fig7_data=f"{RESULTS}/segmentation/fig7_stardist.csv",
+        fig7_data=RESULTS.fig7_data(),
     log:
-        f"{LOGS}/segmentation/scores.log",
+        RESULTS.log("segmentation", "scores"),
+    benchmark:
+        RESULTS.benchmark("segmentation", "scores")
     conda:
         "../envs/main.yaml"
     threads: 1
@@ -59,7 +61,7 @@ rule segmentation_scores:
         runtime=60,
     params:
         sources=segmentation_sources(),
-        settings=config["segmentation"],
+        settings=config["segmentation_scores"],
         reference=config["reference"],
     script:
         "../workflow_scripts/segmentation_scores.py"

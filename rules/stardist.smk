@@ -3,16 +3,16 @@
 
 rule stardist_bf:
     input:
-        train=f"{RESULTS}/datasets/train.zarr",
-        val=f"{RESULTS}/datasets/val.zarr",
+        train=RESULTS.dataset("train"),
+        val=RESULTS.dataset("val"),
     output:
-        model=directory(f"{RESULTS}/models/stardist_bf"),
+        model=directory(RESULTS.stardist_model("stardist_bf")),
     log:
-        f"{LOGS}/train/stardist_bf.log",
+        RESULTS.log("train", "stardist_bf"),
     benchmark:
-        f"{BENCHMARKS}/train/stardist_bf.tsv"
+        RESULTS.benchmark("train", "stardist_bf")
     conda:
-        "../envs/stardist.yaml"
+        "../envs/main.yaml"
     threads: 2
     resources:
         mem_mb=16000,
@@ -26,11 +26,11 @@ rule stardist_bf:
 
 use rule stardist_bf as stardist_if with:
     output:
-        model=directory(f"{RESULTS}/models/stardist_if"),
+        model=directory(RESULTS.stardist_model("stardist_if")),
     log:
-        f"{LOGS}/train/stardist_if.log",
+        RESULTS.log("train", "stardist_if"),
     benchmark:
-        f"{BENCHMARKS}/train/stardist_if.tsv"
+        RESULTS.benchmark("train", "stardist_if")
     params:
         settings=config["stardist"],
         source="stardist_if",
@@ -38,16 +38,16 @@ use rule stardist_bf as stardist_if with:
 
 rule stardist_predict:
     input:
-        model=f"{RESULTS}/models/{{baseline}}",
-        dataset=f"{RESULTS}/datasets/test.zarr",
+        model=RESULTS.stardist_model("{baseline}"),
+        dataset=RESULTS.dataset("test"),
     output:
-        instances=directory(f"{RESULTS}/segmentation/{{baseline}}_instances.zarr"),
+        instances=directory(RESULTS.instances("{baseline}")),
     log:
-        f"{LOGS}/segmentation/{{baseline}}.log",
+        RESULTS.log("segmentation", "{baseline}"),
     benchmark:
-        f"{BENCHMARKS}/segmentation/{{baseline}}.tsv"
+        RESULTS.benchmark("segmentation", "{baseline}")
     conda:
-        "../envs/stardist.yaml"
+        "../envs/main.yaml"
     threads: 2
     resources:
         mem_mb=8000,

@@ -1,16 +1,16 @@
-# Stage 5: train every enabled method on the train split (resumes from models/{method}/checkpoint.pt).
+# Stage 5: train every enabled method on the train split (resumes from the checkpoint in its model folder).
 
 
 rule train:
     input:
         unpack(train_input),
     output:
-        model=f"{RESULTS}/models/{{method}}/model.pt",
-        train_log=f"{RESULTS}/models/{{method}}/train_log.csv",
+        model=RESULTS.model("{method}"),
+        train_log=RESULTS.train_log("{method}"),
     log:
-        f"{LOGS}/train/{{method}}.log",
+        RESULTS.log("train", "{method}"),
     benchmark:
-        f"{BENCHMARKS}/train/{{method}}.tsv"
+        RESULTS.benchmark("train", "{method}")
     retries: 1
     conda:
         "../envs/torch.yaml"
@@ -20,21 +20,21 @@ rule train:
         runtime=2880,
     params:
         config=method_train_config,
-        out_dir=output_dir,
+        out_dir=RESULTS.model_dir("{method}"),
     script:
         "../workflow_scripts/train.py"
 
 
 rule train_vqgan:
     input:
-        dataset=f"{RESULTS}/datasets/train.zarr",
+        dataset=RESULTS.dataset("train"),
     output:
-        model=VQGAN_MODEL,
-        train_log=f"{RESULTS}/models/vqgan/train_log.csv",
+        model=RESULTS.model("vqgan"),
+        train_log=RESULTS.train_log("vqgan"),
     log:
-        f"{LOGS}/train/vqgan.log",
+        RESULTS.log("train", "vqgan"),
     benchmark:
-        f"{BENCHMARKS}/train/vqgan.tsv"
+        RESULTS.benchmark("train", "vqgan")
     retries: 1
     conda:
         "../envs/torch.yaml"
@@ -44,6 +44,6 @@ rule train_vqgan:
         runtime=1440,
     params:
         config=vqgan_train_config,
-        out_dir=output_dir,
+        out_dir=RESULTS.model_dir("vqgan"),
     script:
         "../workflow_scripts/train_vqgan.py"

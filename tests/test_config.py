@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cellresdm.config import load_config, plates_in_split, splits, validate_config
+from cellresdm.config import load_config, load_schema, plates_in_split, section, splits, validate_config
 from cellresdm.errors import ConfigError
 
 
@@ -61,8 +61,8 @@ def test_duplicate_plate_ids_rejected():
 def test_reference_must_be_an_enabled_method_and_ttest_tau_a_tau():
     with pytest.raises(ConfigError, match="config key 'reference': 'palette' is not an enabled method"):
         validate_config({"methods": ["cellresdm", "unet"], "reference": "palette"})
-    with pytest.raises(ConfigError, match="'segmentation.ttest_tau': 0.55 is not one of"):
-        validate_config({"segmentation": {"ttest_tau": 0.55}})
+    with pytest.raises(ConfigError, match="'segmentation_scores.ttest_tau': 0.55 is not one of"):
+        validate_config({"segmentation_scores": {"ttest_tau": 0.55}})
     assert validate_config({"methods": ["unet"], "reference": "unet"})["reference"] == "unet"
 
 
@@ -110,3 +110,19 @@ def test_swin_embed_dim_must_split_into_the_heads(section):
     assert validate_config({section: {"swin_embed_dim": 192}})[section]["swin_embed_dim"] == 192
     with pytest.raises(ConfigError, match=f"'{section}.swin_embed_dim': 10 is not a multiple of 4"):
         validate_config({section: {"swin_embed_dim": 10}})
+
+
+def test_renamed_sections_name_their_new_key():
+    with pytest.raises(ConfigError, match="'segment' is now 'instances'"):
+        validate_config({"segment": {"threshold": 0.4}})
+    with pytest.raises(ConfigError, match="'segmentation' is now 'segmentation_scores'"):
+        validate_config({"segmentation": {"taus": [0.5]}})
+
+
+def test_section_gives_the_schema_defaults_with_overrides():
+    train = section("train", {"steps": 6})
+    assert train["steps"] == 6 and train["lr"] == load_schema()["properties"]["train"]["properties"]["lr"]["default"]
+    with pytest.raises(ConfigError, match="not a config section"):
+        section("methods")
+    with pytest.raises(ConfigError, match="train.steps"):
+        section("train", {"steps": 0})

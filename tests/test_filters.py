@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import tifffile
 
 from cellresdm import layout
+from cellresdm.config import section
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.filters import (
     REASONS,
@@ -149,7 +151,9 @@ def test_percentiles_match_numpy():
 def test_filter_table(plate, caplog):
     load_data, special = plate
     with caplog.at_level(logging.WARNING):
-        table = filter_fields(load_data, FilterSettings(edge_ring=1, workers=2), progress=False)
+        table = filter_fields(
+            load_data, FilterSettings.from_config(section("filter", {"edge_ring": 1}), workers=2), progress=False
+        )
 
     # Every field of the grid: 7 wells x 2 sites, including the two absent from load_data.
     assert len(table) == 14
@@ -209,10 +213,14 @@ def test_filter_table(plate, caplog):
 
 def test_edge_ring_off_and_two(plate):
     load_data, _ = plate
-    off = _by_field(filter_fields(load_data, FilterSettings(edge_ring=0), progress=False))
+    off = _by_field(
+        filter_fields(load_data, FilterSettings.from_config(section("filter", {"edge_ring": 0})), progress=False)
+    )
     assert off["r01c01f02"]["reason"] == "black_if"
     assert off["r16c24f02"]["reason"] == ""
-    two = _by_field(filter_fields(load_data, FilterSettings(edge_ring=2), progress=False))
+    two = _by_field(
+        filter_fields(load_data, FilterSettings.from_config(section("filter", {"edge_ring": 2})), progress=False)
+    )
     assert two["r04c06f02"]["reason"] == ""
     assert two["r03c05f02"]["reason"] == ""
     assert two["r02c03f01"]["reason"] == "edge_well"  # B03 is in ring 2
@@ -221,7 +229,11 @@ def test_edge_ring_off_and_two(plate):
 def test_black_ratio_threshold(plate):
     load_data, _ = plate
     # A ratio no field reaches makes every read field black (or an earlier reason).
-    table = filter_fields(load_data, FilterSettings(edge_ring=0, black_if_min_ratio=1000.0), progress=False)
+    table = filter_fields(
+        load_data,
+        FilterSettings.from_config(section("filter", {"edge_ring": 0, "black_if_min_ratio": 1000.0})),
+        progress=False,
+    )
     assert not table["keep"].any()
     assert (table["reason"] != "").all()
 
@@ -229,13 +241,17 @@ def test_black_ratio_threshold(plate):
 def test_empty_load_data_names_plate(plate):
     load_data, _ = plate
     with pytest.raises(CellResDMError, match="BR0000009"):
-        filter_fields(load_data.iloc[:0], FilterSettings(), progress=False, plate="BR0000009")
+        filter_fields(
+            load_data.iloc[:0], FilterSettings.from_config(section("filter")), progress=False, plate="BR0000009"
+        )
 
 
 def test_bad_settings(plate):
     load_data, _ = plate
     with pytest.raises(ConfigError, match="edge_ring"):
-        filter_fields(load_data, FilterSettings(edge_ring=-1), progress=False)
+        filter_fields(
+            load_data, dataclasses.replace(FilterSettings.from_config(section("filter")), edge_ring=-1), progress=False
+        )
 
 
 def test_well_status():
@@ -248,7 +264,7 @@ def test_well_status():
 
 def test_plate_map(plate, tmp_path):
     load_data, _ = plate
-    table = filter_fields(load_data, FilterSettings(), progress=False)
+    table = filter_fields(load_data, FilterSettings.from_config(section("filter")), progress=False)
     out = tmp_path / "qc" / f"{PLATE}_plate_map.png"
     plot_plate_map(table, out, PLATE)
     data = out.read_bytes()

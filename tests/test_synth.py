@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -19,7 +20,21 @@ from cellresdm.io import read_tiff
 from cellresdm.synth import SynthConfig, SynthPlate, Treatment
 
 PLATES = (SynthPlate("BR00116991", "A549"), SynthPlate("BR00116995", "U2OS"))
-CONFIG = SynthConfig()
+#: Six wells (two edge wells, one of them black), one missing field.
+CONFIG = SynthConfig(
+    field_size=256,
+    wells=("A01", "B02", "B03", "C02", "C03", "P24"),
+    sites=2,
+    black_if_wells=("A01",),
+    missing_fields=(("C03", 2),),
+    seed=0,
+)
+
+
+def synth_config(**changes) -> SynthConfig:
+    return dataclasses.replace(CONFIG, **changes)
+
+
 URL_COLUMNS = [layout.url_column(c) for c in ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF", "LowZBF")]
 META_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Row", "Metadata_Col"]
 PREFIX = f"s3://{layout.BUCKET}/"
@@ -112,7 +127,7 @@ def test_truth_inside_gallery_is_refused(tmp_path):
             tmp_path,
             tmp_path / "truth",
             PLATES[0],
-            SynthConfig(wells=("B02",), sites=1, black_if_wells=(), missing_fields=()),
+            synth_config(wells=("B02",), sites=1, black_if_wells=(), missing_fields=()),
         )
 
 
@@ -296,8 +311,8 @@ def test_same_seed_same_field():
 
 
 def test_field_independent_of_rest_of_gallery(gallery, tmp_path):
-    small = SynthConfig(wells=("B03",), sites=1, black_if_wells=(), missing_fields=())
-    synth.write_plate(tmp_path / "root", tmp_path / "truth", PLATES[1], small)
+    small = synth_config(wells=("B03",), sites=1, black_if_wells=(), missing_fields=())
+    synth.write_plate(tmp_path / "root", tmp_path / "truth" / PLATES[1].plate, PLATES[1], small)
     images, labels = _field(
         {
             "root": tmp_path / "root",
@@ -330,7 +345,7 @@ def test_treatment_effects():
 
 
 def test_forced_treatment_recorded(tmp_path):
-    config = SynthConfig(
+    config = synth_config(
         wells=("B02", "B03"),
         sites=1,
         black_if_wells=(),
@@ -338,17 +353,17 @@ def test_forced_treatment_recorded(tmp_path):
         treatments=(("B02", Treatment(1.0, 1.5)), ("B03", Treatment(1.0, 0.7))),
     )
     synth.write_plate(tmp_path / "root", tmp_path / "truth", PLATES[0], config)
-    wells = pd.read_csv(tmp_path / "truth" / PLATES[0].plate / "wells.csv").set_index("well")
+    wells = pd.read_csv(tmp_path / "truth" / "wells.csv").set_index("well")
     assert wells.loc["B02", "mito_scale"] == pytest.approx(1.5)
     assert wells.loc["B03", "mito_scale"] == pytest.approx(0.7)
 
 
 def test_config_validation(tmp_path):
     bad = [
-        SynthConfig(black_if_wells=("Z99",)),
-        SynthConfig(missing_fields=(("B02", 3),)),
-        SynthConfig(wells=("B02", "B02"), black_if_wells=(), missing_fields=()),
-        SynthConfig(field_size=16),
+        synth_config(black_if_wells=("Z99",)),
+        synth_config(missing_fields=(("B02", 3),)),
+        synth_config(wells=("B02", "B02"), black_if_wells=(), missing_fields=()),
+        synth_config(field_size=16),
     ]
     for config in bad:
         with pytest.raises(ValueError):

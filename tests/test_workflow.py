@@ -15,6 +15,8 @@ import pytest
 import yaml
 import zarr
 
+from cellresdm.results import DEFAULT_ROOT, ResultsLayout
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
@@ -186,79 +188,89 @@ def test_tiny_end_to_end_run(tmp_path):
     work = make_workdir(tmp_path, TINY_CONFIG)
     (work / ".venv-cp").symlink_to(REPO / ".venv-cp")
     snakemake(work, "--cores", "2")
-    results = work / "results"
+    R = ResultsLayout(str(work / DEFAULT_ROOT))
 
     for plate in ("TINY01", "TINY02", "TINY03"):
-        fields = pd.read_parquet(results / "fields" / f"{plate}.parquet")
+        fields = pd.read_parquet(R.fields(plate))
         assert len(fields) == 8  # 4 wells x 2 sites, the missing one included
         reasons = dict(
             zip(fields["Metadata_Well"] + "_" + fields["Metadata_Site"].astype(str), fields["reason"], strict=True)
         )
         assert reasons["A01_1"] == "edge_well" and reasons["C02_2"] == "missing"
         assert reasons["B03_1"] == "black_if" and reasons["B02_1"] == ""
-        assert (results / "fields" / f"{plate}_platemap.png").stat().st_size > 1000
-        index = pd.read_parquet(results / "groundtruth" / plate / "index.parquet")
+        assert Path(R.platemap(plate)).stat().st_size > 1000
+        index = pd.read_parquet(R.groundtruth_index(plate))
         assert len(index) == fields["keep"].sum() == 3
-        assert (results / "logs" / "groundtruth" / f"{plate}.log").stat().st_size > 0
+        assert Path(R.log("groundtruth", plate)).stat().st_size > 0
 
-    qc = pd.read_csv(results / "groundtruth" / "qc_summary.csv")
+    qc = pd.read_csv(R.groundtruth_qc_summary())
     pooled = qc[qc["plate"] == "all"].set_index("object")
     assert pooled.loc["nuclei", "f1"] >= 0.9 and pooled.loc["cells", "f1"] >= 0.7, pooled
 
-    store = zarr.open_group(str(results / "datasets" / "train.zarr"), mode="r")
+    store = zarr.open_group(R.dataset("train"), mode="r")
     assert store["bf"].shape == (3, 3, 192, 192) and store["if"].shape == (3, 5, 192, 192)
     assert store["boundaries"].shape == store["labels"].shape == (3, 2, 192, 192)
     image = np.asarray(store["if"][:])
     assert np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
-    summary = json.loads((results / "datasets" / "test_summary.json").read_text())
+    summary = json.loads(Path(R.dataset_summary("test")).read_text())
     assert summary["n_fields"] == 3 and summary["plates"] == ["TINY03"]
-    assert (results / "benchmarks" / "download" / "TINY01.tsv").exists()
+    assert Path(R.benchmark("download", "TINY01")).exists()
 
-    train_log = pd.read_csv(results / "models" / "cellresdm" / "train_log.csv")
+    train_log = pd.read_csv(R.train_log("cellresdm"))
     assert train_log["step"].max() == 6 and np.isfinite(train_log["loss"]).all()
-    predictions = zarr.open_group(str(results / "predictions" / "cellresdm" / "test.zarr"), mode="r")
+    predictions = zarr.open_group(R.predictions("cellresdm"), mode="r")
     assert predictions["if"].shape == (3, 5, 192, 192)  # 192 > tile 128: sampled in overlapping tiles
     assert predictions["boundaries_binary"].shape == (3, 2, 192, 192)
-    timing = json.loads((results / "benchmarks" / "sample_cellresdm.json").read_text())
+    timing = json.loads(Path(R.sample_timing("cellresdm")).read_text())
     assert timing["steps"] == 4 and timing["seconds_per_image"] > 0 and timing["fields"] == 3
     for source in (*ALL_METHODS, "stardist_bf", "stardist_if"):
-        instances = zarr.open_group(str(results / "segmentation" / f"{source}_instances.zarr"), mode="r")
+        instances = zarr.open_group(R.instances(source), mode="r")
         assert instances["nuclei"].shape == (3, 192, 192)
-        scores = pd.read_parquet(results / "segmentation" / f"{source}.parquet")
+        scores = pd.read_parquet(R.segmentation_scores(source))
         assert set(scores["tau"].round(1)) == {round(0.1 * k, 1) for k in range(1, 10)}
         assert set(scores["object"]) == ({"nuclei"} if source.startswith("stardist") else {"nuclei", "cells"})
-    seg_summary = pd.read_csv(results / "segmentation" / "segmentation_summary.csv")
+    seg_summary = pd.read_csv(R.segmentation_summary())
     assert set(seg_summary["source"]) == {*ALL_METHODS, "stardist_bf", "stardist_if"}
     assert seg_summary["f1"].between(0, 1).all()
-    assert (results / "segmentation" / "fig7_stardist.png").stat().st_size > 1000
+    assert Path(R.fig7()).stat().st_size > 1000
     for method in ALL_METHODS:
-        store = zarr.open_group(str(results / "predictions" / method / "test.zarr"), mode="r")
+        store = zarr.open_group(R.predictions(method), mode="r")
         prediction = np.asarray(store["if"][:], dtype=np.float32)
         assert prediction.shape == (3, 5, 192, 192) and np.isfinite(prediction).all(), method
         assert prediction.min() >= 0 and prediction.max() <= 1, method
-    quality = pd.read_csv(results / "metrics" / "image_quality_summary.csv")
+    quality = pd.read_csv(R.image_quality_summary())
     assert set(quality["method"]) == {*ALL_METHODS, "bf_copy"} and len(quality) == 5 * (len(ALL_METHODS) + 1)
     assert quality["ssim"].between(-1, 1).all() and (quality["psnr"] > 0).all()
-    ttests = pd.read_csv(results / "metrics" / "image_quality_ttests.csv")
+    ttests = pd.read_csv(R.image_quality_ttests())
     assert set(ttests["other"]) == {*ALL_METHODS, "bf_copy"} - {"cellresdm"} and (ttests["n"] == 3).all()
     assert len(ttests) == len(ALL_METHODS) * 5 * 4
 
     for source in ("real", *ALL_METHODS):
-        features = pd.read_parquet(results / "features" / f"{source}.parquet")
+        features = pd.read_parquet(R.features(source))
         assert len(features) == 3 and "Image_Count_Nuclei" in features.columns, source
-    table2 = pd.read_csv(results / "features" / "table2_features.csv")
+    table2 = pd.read_csv(R.table2())
     # a category without a feature that varies across the 3 test images has no r (NaN)
     assert set(table2["source"]) == set(ALL_METHODS) and table2["r"].dropna().between(-1, 1).all()
     assert table2["r"].notna().sum() >= len(ALL_METHODS)
-    reports = results / "reports"
-    for name in ("fig4_examples.png", "fig5_quality.png", "fig6_segmentation.png", "fig7_stardist.png"):
-        assert (reports / name).stat().st_size > 5000, name
-    html = (reports / "report.html").read_text()
+    for item in ("fig4", "fig5", "fig6", "fig7"):
+        assert Path(R.report(item)).stat().st_size > 5000, item
+    html = Path(R.report("html")).read_text()
     assert html.count("data:image/png;base64,") >= 4 and "Table 2" in html and "Table 3" in html
-    throughput = pd.read_csv(reports / "throughput.csv")
+    throughput = pd.read_csv(R.report("throughput"))
     assert {"cellresdm", "stardist_bf"} <= set(throughput["source"])
+
+    # every rule that does work is timed by Snakemake (benchmark:)
+    for stage, name in [
+        ("evaluate", "image_quality"),
+        ("segmentation", "scores"),
+        ("features", "table2"),
+        ("report", "paper_report"),
+        ("groundtruth_qc", "TINY01"),
+    ]:
+        assert Path(R.benchmark(stage, name)).stat().st_size > 0, (stage, name)
 
     rerun = snakemake(work, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
-    snakemake(work, "--cores", "1", "--report", "results/reports/snakemake_report.html")
-    assert (results / "reports" / "snakemake_report.html").stat().st_size > 10_000
+    snakemake_report = ResultsLayout().snakemake_report()
+    snakemake(work, "--cores", "1", "--report", snakemake_report)
+    assert (work / snakemake_report).stat().st_size > 10_000

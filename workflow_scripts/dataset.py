@@ -10,7 +10,7 @@ with step_logging(snakemake.log[0]):
         list(snakemake.params.cell_lines),
         list(snakemake.input.fields),
         list(snakemake.input.load_data),
-        snakemake.params.groundtruth_root,
+        list(snakemake.params.groundtruth_dirs),
         snakemake.params.settings,
         snakemake.params.boundary_thickness,
         snakemake.output.zarr,

@@ -1,15 +1,12 @@
 """Snakemake adapter: Table 2, Pearson r of per-image features between real and each method's images."""
 
-from pathlib import Path
-
 from cellresdm.features import write_table2
 from cellresdm.logs import step_logging
 
 with step_logging(snakemake.log[0]) as log:
-    synthetic = {Path(p).stem: p for p in snakemake.input.synthetic}  # features/{method}.parquet
     write_table2(
         snakemake.input.real,
-        synthetic,
+        dict(zip(snakemake.params.methods, snakemake.input.synthetic, strict=True)),
         snakemake.output.table,
         snakemake.output.markdown,
         by=tuple(snakemake.params.by),

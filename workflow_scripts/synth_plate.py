@@ -8,6 +8,6 @@ with step_logging(snakemake.log[0]):
         snakemake.wildcards.plate,
         snakemake.params.cell_line,
         snakemake.params.demo,
-        snakemake.params.roots["gallery"],
-        snakemake.params.roots["truth"],
+        snakemake.params.gallery_root,
+        snakemake.params.truth_dir,
     )

@@ -1,0 +1,582 @@
+"""Every path the pipeline writes, relative to one results folder: the layout of ``results/``.
+
+This module is the one place that spells an output path. The Snakemake rules (``rules/common.smk``), the
+``cellresdm`` CLI, the report and the tests take paths from :class:`ResultsLayout`; library functions receive
+explicit paths. :data:`OUTPUTS` lists every output with the stage and rule that write it, the function that
+does the writing and what the file holds; ``docs/design.md`` section 5 is generated from it
+(``python -m cellresdm.results``) and a test keeps the two equal.
+
+Wildcards are plain strings, so ``ResultsLayout().fields("{plate}")`` is the Snakemake pattern
+``results/fields/{plate}.parquet`` and ``ResultsLayout().fields("BR00116991")`` one plate's file.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import string
+import sys
+from dataclasses import dataclass
+
+#: The results folder of a run (relative to the Snakemake working directory).
+DEFAULT_ROOT = "results"
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of the pipeline.
+
+    Attributes:
+        name: the :class:`ResultsLayout` method that returns its path.
+        template: path relative to the results folder, with ``{wildcard}`` fields.
+        stage: pipeline stage (docs/design.md section 1).
+        rule: the Snakemake rule that writes it.
+        writer: the ``cellresdm`` function that writes it.
+        content: what it holds.
+    """
+
+    name: str
+    template: str
+    stage: str
+    rule: str
+    writer: str
+    content: str
+
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        return tuple(field for _, field, _, _ in string.Formatter().parse(self.template) if field)
+
+
+#: Every output, in pipeline order.
+OUTPUTS: tuple[Output, ...] = (
+    Output(
+        "demo_gallery",
+        "demo_gallery",
+        "synthetic gallery",
+        "synth_plate",
+        "cellresdm.synth.write_plate",
+        "bucket root of the generated gallery in the exact cpg0000 key layout (demo only)",
+    ),
+    Output(
+        "demo_truth",
+        "demo_truth/{plate}",
+        "synthetic gallery",
+        "synth_plate",
+        "cellresdm.synth.write_plate",
+        "the generator's true labels, `{field}_labels.tiff` (2 x H x W uint16: nuclei, cells)",
+    ),
+    Output(
+        "demo_wells",
+        "demo_truth/{plate}/wells.csv",
+        "synthetic gallery",
+        "synth_plate",
+        "cellresdm.synth.write_plate",
+        "per-well generator settings: well, nucleus_scale, mito_scale, black_if",
+    ),
+    Output(
+        "raw_plate",
+        "raw/{plate}",
+        "download",
+        "download",
+        "cellresdm.gallery.download_plate",
+        "the plate's images as `images/<gallery file name>`, checked against the bucket listing",
+    ),
+    Output(
+        "load_data",
+        "raw/{plate}/load_data.parquet",
+        "download",
+        "download",
+        "cellresdm.gallery.download_plate",
+        "one row per field: Metadata_* columns and `path_{channel}` (local path) of the 8 channels",
+    ),
+    Output(
+        "fields",
+        "fields/{plate}.parquet",
+        "filter",
+        "filter_fields",
+        "cellresdm.filters.filter_fields",
+        "every field with `keep` and `reason` (missing, unreadable, edge_well, black_if)",
+    ),
+    Output(
+        "platemap",
+        "fields/{plate}_platemap.png",
+        "filter",
+        "filter_fields",
+        "cellresdm.filters.plot_plate_map",
+        "plate map of kept and dropped fields, coloured by reason",
+    ),
+    Output(
+        "groundtruth_dir",
+        "groundtruth/{plate}",
+        "ground truth",
+        "groundtruth",
+        "cellresdm.groundtruth.run_cellprofiler",
+        "`{field}_labels.tiff` per kept field: 2 x H x W uint16 nuclei and cell labels (CellProfiler 4.2.8.1)",
+    ),
+    Output(
+        "groundtruth_index",
+        "groundtruth/{plate}/index.parquet",
+        "ground truth",
+        "groundtruth",
+        "cellresdm.groundtruth.run_cellprofiler",
+        "one row per labelled field: label file, object counts, CellProfiler seconds (written last)",
+    ),
+    Output(
+        "groundtruth_qc",
+        "groundtruth/qc/{plate}.parquet",
+        "ground truth",
+        "groundtruth_qc",
+        "cellresdm.groundtruth.qc_against_truth",
+        "CellProfiler labels vs the generator's true labels per field (stardist.matching; demo only)",
+    ),
+    Output(
+        "groundtruth_qc_summary",
+        "groundtruth/qc_summary.csv",
+        "ground truth",
+        "groundtruth_qc_summary",
+        "cellresdm.steps.groundtruth_qc_summary",
+        "pooled QC per plate and object with the configured minimum F1 and a `passed` flag (demo only)",
+    ),
+    Output(
+        "dataset",
+        "datasets/{split}.zarr",
+        "dataset",
+        "dataset",
+        "cellresdm.dataset.build_dataset",
+        "`bf` (N,3,H,W), `if` (N,5,H,W), `boundaries` (N,2,H,W), `labels` (N,2,H,W), `fields.parquet`, "
+        "`norm.parquet` (cellresdm.stores)",
+    ),
+    Output(
+        "dataset_summary",
+        "datasets/{split}_summary.json",
+        "dataset",
+        "dataset",
+        "cellresdm.steps.dataset",
+        "split, plates, field count, shapes, normalisation and build time",
+    ),
+    Output(
+        "model_dir",
+        "models/{method}",
+        "train",
+        "train",
+        "cellresdm.train.Trainer",
+        "`checkpoint.pt` (resumable state) while training; `launch_config.json` under torchrun",
+    ),
+    Output(
+        "model",
+        "models/{method}/model.pt",
+        "train",
+        "train",
+        "cellresdm.train.Trainer",
+        "config, raw and EMA weights of the trained method",
+    ),
+    Output(
+        "train_log",
+        "models/{method}/train_log.csv",
+        "train",
+        "train",
+        "cellresdm.train.Trainer",
+        "per logged step: step, epoch, loss, lr, grad_norm, seconds, samples_per_s",
+    ),
+    Output(
+        "stardist_model",
+        "models/{baseline}",
+        "StarDist baselines",
+        "stardist_bf, stardist_if",
+        "cellresdm.stardist_baseline.train_stardist",
+        "StarDist2D model folder (weights, config, thresholds optimised on val)",
+    ),
+    Output(
+        "predictions",
+        "predictions/{method}/test.zarr",
+        "sample",
+        "sample",
+        "cellresdm.sample.predict_dataset",
+        "`if` (N,5,H,W), `boundaries` probabilities and `boundaries_binary` (N,2,H,W), `*_std` with several "
+        "samples, `fields.parquet` (cellresdm.stores)",
+    ),
+    Output(
+        "sample_timing",
+        "benchmarks/sample_{method}.json",
+        "sample",
+        "sample",
+        "cellresdm.sample.predict_dataset",
+        "seconds per image, images per second, image size, steps, device, batch",
+    ),
+    Output(
+        "image_quality",
+        "metrics/image_quality.parquet",
+        "evaluate",
+        "image_quality",
+        "cellresdm.metrics.image_quality",
+        "MSE, PSNR, SSIM (0-255) and Pearson r per image, channel and method, and the trivial BF copy",
+    ),
+    Output(
+        "image_quality_summary",
+        "metrics/image_quality_summary.csv",
+        "evaluate",
+        "image_quality",
+        "cellresdm.metrics.summarise_quality",
+        "mean per method and channel, and whether each method beats the BF copy",
+    ),
+    Output(
+        "image_quality_ttests",
+        "metrics/image_quality_ttests.csv",
+        "evaluate",
+        "image_quality",
+        "cellresdm.metrics.quality_ttests",
+        "paired t-tests of the reference method against every other source",
+    ),
+    Output(
+        "instances",
+        "segmentation/{source}_instances.zarr",
+        "segmentation",
+        "segment, stardist_predict",
+        "cellresdm.stores.write_instances",
+        "`nuclei` (and `cells`) (N,H,W) int32 instance labels, `fields.parquet` (cellresdm.stores)",
+    ),
+    Output(
+        "segmentation_scores",
+        "segmentation/{source}.parquet",
+        "segmentation",
+        "segmentation_scores",
+        "cellresdm.segscores.score_source",
+        "stardist.matching scores per image and pooled, nuclei and cells, IoU 0.1-0.9",
+    ),
+    Output(
+        "segmentation_summary",
+        "segmentation/segmentation_summary.csv",
+        "segmentation",
+        "segmentation_scores",
+        "cellresdm.segscores.summary_table",
+        "pooled scores per source and object at the t-test IoU",
+    ),
+    Output(
+        "segmentation_ttests",
+        "segmentation/segmentation_ttests.csv",
+        "segmentation",
+        "segmentation_scores",
+        "cellresdm.segscores.paired_ttests",
+        "paired t-tests of the reference against every other source",
+    ),
+    Output(
+        "fig6",
+        "segmentation/fig6_segmentation.png",
+        "segmentation",
+        "segmentation_scores",
+        "cellresdm.segscores.plot_tau_curves",
+        "Fig. 6: F1 and mean true score against IoU, reference vs pix2pix",
+    ),
+    Output(
+        "fig6_data",
+        "segmentation/fig6_segmentation.csv",
+        "segmentation",
+        "segmentation_scores",
+        "cellresdm.segscores.figure_data",
+        "the numbers plotted in Fig. 6",
+    ),
+    Output(
+        "fig7",
+        "segmentation/fig7_stardist.png",
+        "segmentation",
+        "segmentation_scores",
+        "cellresdm.segscores.plot_tau_curves",
+        "Fig. 7: nuclei of the reference vs StarDist on BF and on the real DNA channel",
+    ),
+    Output(
+        "fig7_data",
+        "segmentation/fig7_stardist.csv",
+        "segmentation",
+        "segmentation_scores",
+        "cellresdm.segscores.figure_data",
+        "the numbers plotted in Fig. 7",
+    ),
+    Output(
+        "features",
+        "features/{source}.parquet",
+        "features",
+        "features",
+        "cellresdm.features.extract_features",
+        "CellProfiler measurements, median per image, pycytominer column names (`source`: real or a method)",
+    ),
+    Output(
+        "table2",
+        "features/table2_features.csv",
+        "features",
+        "feature_correlation",
+        "cellresdm.features.write_table2",
+        "Table 2: Pearson r of per-image features, real vs each method, per feature category",
+    ),
+    Output(
+        "table2_markdown",
+        "features/table2.md",
+        "features",
+        "feature_correlation",
+        "cellresdm.features.write_table2",
+        "Table 2 as Markdown",
+    ),
+    Output(
+        "report_html",
+        "reports/report.html",
+        "report",
+        "paper_report",
+        "cellresdm.report.write_report",
+        "self-contained paper report: every figure and table below with captions",
+    ),
+    Output(
+        "report_fig4",
+        "reports/fig4_examples.png",
+        "report",
+        "paper_report",
+        "cellresdm.report.fig4_examples",
+        "Fig. 4: one test field, real and every method's channels and boundaries",
+    ),
+    Output(
+        "report_fig5",
+        "reports/fig5_quality.png",
+        "report",
+        "paper_report",
+        "cellresdm.report.fig5_quality",
+        "Fig. 5: MSE, PSNR, SSIM per channel and method with paired t-test markers",
+    ),
+    Output(
+        "report_fig6",
+        "reports/fig6_segmentation.png",
+        "report",
+        "paper_report",
+        "cellresdm.report.write_report",
+        "copy of Fig. 6",
+    ),
+    Output(
+        "report_fig7",
+        "reports/fig7_stardist.png",
+        "report",
+        "paper_report",
+        "cellresdm.report.write_report",
+        "copy of Fig. 7",
+    ),
+    Output(
+        "report_table2",
+        "reports/table2_features.csv",
+        "report",
+        "paper_report",
+        "cellresdm.report.write_report",
+        "copy of Table 2",
+    ),
+    Output(
+        "report_table3",
+        "reports/table3_latent.csv",
+        "report",
+        "paper_report",
+        "cellresdm.report.table3_latent",
+        "Table 3: pixel vs latent CellResDM, MSE and sampling seconds per image",
+    ),
+    Output(
+        "report_throughput",
+        "reports/throughput.csv",
+        "report",
+        "paper_report",
+        "cellresdm.report.throughput_table",
+        "seconds per image of every timed step and source, device and precision",
+    ),
+    Output(
+        "report_methods",
+        "reports/methods.csv",
+        "report",
+        "paper_report",
+        "cellresdm.report.methods_status",
+        "enabled, trained and sampled per method; perceptual loss on or off",
+    ),
+    Output(
+        "report_filtering",
+        "reports/filtering.csv",
+        "report",
+        "paper_report",
+        "cellresdm.report.filtering_summary",
+        "fields per plate: total, kept, dropped per reason",
+    ),
+    Output(
+        "snakemake_report",
+        "reports/snakemake_report.html",
+        "report",
+        "(snakemake --report)",
+        "snakemake",
+        "Snakemake's report of the same items, with plate maps and QC",
+    ),
+    Output(
+        "log",
+        "logs/{stage}/{name}.log",
+        "every rule",
+        "every rule",
+        "cellresdm.logs.step_logging",
+        "the rule's log",
+    ),
+    Output(
+        "benchmark",
+        "benchmarks/{stage}/{name}.tsv",
+        "every rule that does work",
+        "every rule",
+        "snakemake (benchmark:)",
+        "wall seconds, memory and I/O of the job",
+    ),
+)
+
+_BY_NAME: dict[str, Output] = {output.name: output for output in OUTPUTS}
+
+
+@dataclass(frozen=True)
+class ResultsLayout:
+    """Paths of every output under ``root`` (see :data:`OUTPUTS`); all methods return POSIX path strings."""
+
+    root: str = DEFAULT_ROOT
+
+    def path(self, output: str, /, **wildcards: str) -> str:
+        """The path of the output named ``output`` (:data:`OUTPUTS`) with its wildcards filled.
+
+        Raises:
+            KeyError: ``output`` is not an output, or a wildcard is missing.
+        """
+        return posixpath.join(self.root, _BY_NAME[output].template.format(**wildcards))
+
+    # synthetic gallery (demo)
+    def demo_gallery(self) -> str:
+        return self.path("demo_gallery")
+
+    def demo_truth(self, plate: str) -> str:
+        return self.path("demo_truth", plate=plate)
+
+    def demo_wells(self, plate: str) -> str:
+        return self.path("demo_wells", plate=plate)
+
+    # download, filter, ground truth
+    def raw_plate(self, plate: str) -> str:
+        return self.path("raw_plate", plate=plate)
+
+    def load_data(self, plate: str) -> str:
+        return self.path("load_data", plate=plate)
+
+    def fields(self, plate: str) -> str:
+        return self.path("fields", plate=plate)
+
+    def platemap(self, plate: str) -> str:
+        return self.path("platemap", plate=plate)
+
+    def groundtruth_dir(self, plate: str) -> str:
+        return self.path("groundtruth_dir", plate=plate)
+
+    def groundtruth_index(self, plate: str) -> str:
+        return self.path("groundtruth_index", plate=plate)
+
+    def groundtruth_qc(self, plate: str) -> str:
+        return self.path("groundtruth_qc", plate=plate)
+
+    def groundtruth_qc_summary(self) -> str:
+        return self.path("groundtruth_qc_summary")
+
+    # datasets, models, predictions
+    def dataset(self, split: str) -> str:
+        return self.path("dataset", split=split)
+
+    def dataset_summary(self, split: str) -> str:
+        return self.path("dataset_summary", split=split)
+
+    def model_dir(self, method: str) -> str:
+        return self.path("model_dir", method=method)
+
+    def model(self, method: str) -> str:
+        return self.path("model", method=method)
+
+    def train_log(self, method: str) -> str:
+        return self.path("train_log", method=method)
+
+    def stardist_model(self, baseline: str) -> str:
+        return self.path("stardist_model", baseline=baseline)
+
+    def predictions(self, method: str) -> str:
+        return self.path("predictions", method=method)
+
+    def sample_timing(self, method: str) -> str:
+        return self.path("sample_timing", method=method)
+
+    # evaluation
+    def image_quality(self) -> str:
+        return self.path("image_quality")
+
+    def image_quality_summary(self) -> str:
+        return self.path("image_quality_summary")
+
+    def image_quality_ttests(self) -> str:
+        return self.path("image_quality_ttests")
+
+    def instances(self, source: str) -> str:
+        return self.path("instances", source=source)
+
+    def segmentation_scores(self, source: str) -> str:
+        return self.path("segmentation_scores", source=source)
+
+    def segmentation_summary(self) -> str:
+        return self.path("segmentation_summary")
+
+    def segmentation_ttests(self) -> str:
+        return self.path("segmentation_ttests")
+
+    def fig6(self) -> str:
+        return self.path("fig6")
+
+    def fig6_data(self) -> str:
+        return self.path("fig6_data")
+
+    def fig7(self) -> str:
+        return self.path("fig7")
+
+    def fig7_data(self) -> str:
+        return self.path("fig7_data")
+
+    def features(self, source: str) -> str:
+        return self.path("features", source=source)
+
+    def table2(self) -> str:
+        return self.path("table2")
+
+    def table2_markdown(self) -> str:
+        return self.path("table2_markdown")
+
+    # report
+    def report(self, item: str) -> str:
+        """A file of ``reports/``: ``html``, ``fig4`` ... ``filtering`` (the ``report_*`` outputs)."""
+        return self.path(f"report_{item}")
+
+    def snakemake_report(self) -> str:
+        return self.path("snakemake_report")
+
+    # logs and benchmarks of every rule
+    def log(self, stage: str, name: str) -> str:
+        return self.path("log", stage=stage, name=name)
+
+    def benchmark(self, stage: str, name: str) -> str:
+        return self.path("benchmark", stage=stage, name=name)
+
+
+#: The report items of :meth:`ResultsLayout.report`, in :data:`OUTPUTS` order.
+REPORT_ITEMS: tuple[str, ...] = tuple(o.name.removeprefix("report_") for o in OUTPUTS if o.name.startswith("report_"))
+
+
+def markdown_table() -> str:
+    """The outputs table of docs/design.md section 5 (paths under ``results/``)."""
+    lines = ["| stage | rule | output | content | written by |", "|---|---|---|---|---|"]
+    for output in OUTPUTS:
+        content = output.content.replace("|", "\\|")
+        lines.append(f"| {output.stage} | {output.rule} | `{output.template}` | {content} | `{output.writer}` |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    """``python -m cellresdm.results``: the outputs table; ``... NAME [WILDCARD=VALUE ...]``: one output's path."""
+    if not argv:
+        sys.stdout.write(markdown_table())
+        return
+    wildcards = dict(arg.split("=", 1) for arg in argv[1:])
+    print(ResultsLayout().path(argv[0], **wildcards))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,84 @@
+"""The results layout (cellresdm.results): one place that spells every output path, and the design page from it."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from cellresdm import results
+from cellresdm.results import OUTPUTS, REPORT_ITEMS, ResultsLayout, markdown_table
+
+REPO = Path(__file__).resolve().parents[1]
+#: The top-level output folders of a results folder.
+OUTPUT_FOLDERS = sorted({o.template.split("/")[0] for o in OUTPUTS} | {"results"})
+#: A folder name at the start of a string literal followed by "/", or a string joined onto a path with "/".
+SPELLED = re.compile(r"""["'](?:{0})/|/\s*["'](?:{0})["']""".format("|".join(re.escape(f) for f in OUTPUT_FOLDERS)))
+
+
+def _accessor_call(layout: ResultsLayout, output: results.Output) -> str:
+    wildcards = {w: f"<{w}>" for w in output.wildcards}
+    if output.name.startswith("report_"):
+        return layout.report(output.name.removeprefix("report_"))
+    return getattr(layout, output.name)(**wildcards)
+
+
+def test_every_output_has_an_accessor_that_fills_its_template():
+    layout = ResultsLayout("out")
+    for output in OUTPUTS:
+        expected = "out/" + output.template.format(**{w: f"<{w}>" for w in output.wildcards})
+        assert _accessor_call(layout, output) == expected, output.name
+
+
+def test_wildcard_patterns_are_snakemake_patterns():
+    layout = ResultsLayout()
+    assert layout.fields("{plate}") == "results/fields/{plate}.parquet"
+    assert layout.log("train", "{method}") == "results/logs/train/{method}.log"
+    assert layout.report("html") == "results/reports/report.html"
+    assert "html" in REPORT_ITEMS and "fig4" in REPORT_ITEMS
+
+
+def test_outputs_are_unique_and_unknown_names_fail():
+    templates = [o.template for o in OUTPUTS]
+    assert len(set(templates)) == len(templates)
+    assert len({o.name for o in OUTPUTS}) == len(OUTPUTS)
+    with pytest.raises(KeyError):
+        ResultsLayout().path("no_such_output")
+    with pytest.raises(KeyError):
+        ResultsLayout().path("fields")  # wildcard plate missing
+
+
+def test_every_writer_exists():
+    for output in OUTPUTS:
+        if not output.writer.startswith("cellresdm."):
+            continue
+        module_name, _, attribute = output.writer.rpartition(".")
+        module = importlib.import_module(module_name)
+        assert hasattr(module, attribute), f"{output.name}: {output.writer} does not exist"
+
+
+def test_design_page_section_5_is_the_layout():
+    page = (REPO / "docs" / "design.md").read_text()
+    table = page.split("<!-- outputs:begin -->\n", 1)[1].split("<!-- outputs:end -->", 1)[0]
+    assert table == markdown_table(), "docs/design.md is stale: paste `python -m cellresdm.results` into section 5"
+
+
+def test_no_other_file_spells_a_results_path():
+    """Rules, scripts, the CLI and the library take every output path from cellresdm/results.py."""
+    files = [REPO / "Snakefile", *(REPO / "rules").glob("*.smk"), *(REPO / "workflow_scripts").glob("*.py")]
+    files += [p for p in (REPO / "cellresdm").rglob("*.py") if p.name != "results.py"]
+    offenders = []
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if SPELLED.search(code):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not offenders, "results paths spelled outside cellresdm/results.py:\n" + "\n".join(offenders)
+
+
+def test_the_search_finds_a_spelled_path():
+    assert SPELLED.search('out = "results/fields/x.parquet"')
+    assert SPELLED.search('root / "datasets" / "test.zarr"')
+    assert not SPELLED.search('config["segmentation"]["taus"]')
