@@ -74,7 +74,8 @@ def test_download_throughput(moto_s3, plate_1080, tmp_path):
     def download() -> pd.DataFrame:
         return download_plate(
             PLATE,
-            tmp_path / "s3",
+            tmp_path / "s3" / "images",
+            tmp_path / "s3" / "load_data.parquet",
             "s3://cellpainting-gallery",
             endpoint_url=moto_s3.endpoint_url,
             workers=8,
@@ -98,7 +99,8 @@ def test_download_throughput(moto_s3, plate_1080, tmp_path):
 @pytest.fixture(scope="module")
 def downloaded(plate_1080, tmp_path_factory) -> pd.DataFrame:
     root, _ = plate_1080
-    return download_plate(PLATE, tmp_path_factory.mktemp("raw"), str(root), progress=False)
+    raw = tmp_path_factory.mktemp("raw")
+    return download_plate(PLATE, raw / "images", raw / "load_data.parquet", str(root), progress=False)
 
 
 @pytest.fixture(scope="module")

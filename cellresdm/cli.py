@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> None:
         gallery = dict(config["gallery"])
         if config["source"] == "demo":
             gallery.update(root=results.demo_gallery(), endpoint_url=None)
-        steps.download(args.plate, gallery, results.raw_plate(args.plate))
+        steps.download(args.plate, gallery, results.raw_images(args.plate), results.load_data(args.plate))
     elif args.step == "filter":
         steps.filter_plate(
             args.plate,

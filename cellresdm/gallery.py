@@ -4,8 +4,8 @@ A *gallery root* is either ``s3://BUCKET`` (anonymous by default, optionally thr
 mirror or a local S3 server) or a local directory mirroring the bucket (the demo's synthetic gallery). Both go
 through fsspec, so the same code path serves both. Keys inside the root come from :class:`GalleryLayout`.
 
-The download (DESIGN.md section 5, stage ``download``) writes ``{out_dir}/images/<file name>`` and
-``{out_dir}/load_data.parquet``:
+The download (docs/design.md section 5, stage ``download``) writes the image files into one folder and the
+plate's local load_data table (parquet) to an explicit path:
 
 - one listing of the plate's ``Images`` prefix gives the size of every object (no HEAD per file);
 - files already present locally with the listed size are skipped, so a rerun resumes an interrupted run;
@@ -613,7 +613,8 @@ def _select(
 
 def download_plate(
     plate: str,
-    out_dir: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    load_data_out: str | os.PathLike,
     root: str,
     endpoint_url: str | None = None,
     anon: bool = True,
@@ -626,14 +627,15 @@ def download_plate(
     progress: bool = True,
     log: logging.Logger | None = None,
 ) -> pd.DataFrame:
-    """Fetch the 8 channels of every field of ``plate`` (or of the wells/sites subset) into ``out_dir``.
+    """Fetch the 8 channels of every field of ``plate`` (or of the wells/sites subset) into ``images_dir``.
 
-    Files go to ``out_dir/images/<gallery file name>``; then ``out_dir/load_data.parquet`` is written
-    atomically. Resumable: a rerun skips every file whose local size equals the gallery listing's size.
+    Files go to ``images_dir/<gallery file name>``; then the table is written atomically to ``load_data_out``
+    (parquet). Resumable: a rerun skips every file whose local size equals the gallery listing's size.
 
     Args:
         plate: plate barcode (``Metadata_Plate``).
-        out_dir: output folder (``results/raw/{plate}``).
+        images_dir: folder of the plate's image files.
+        load_data_out: the plate's local load_data table (parquet).
         root: gallery root, ``s3://BUCKET`` or a local directory (see :func:`open_gallery`).
         endpoint_url: S3 endpoint of a mirror (None = AWS).
         anon: anonymous S3 access.
@@ -661,8 +663,7 @@ def download_plate(
     if retries < 0:
         raise GalleryError(f"download of plate {plate}: retries must be >= 0, got {retries}")
     root = os.fspath(root)
-    out_dir = Path(out_dir)
-    images = out_dir / "images"
+    images = Path(images_dir)
     start = time.perf_counter()
 
     fs, base = open_gallery(root, endpoint_url, anon)
@@ -765,7 +766,7 @@ def download_plate(
             str(local_of[k]) if _is_key(k) and local_of.get(k) is not None else None for k in result[key_column(ch)]
         ]
         result[path_column(ch)] = pd.Series(paths, index=result.index, dtype=object)
-    write_parquet(result, out_dir / "load_data.parquet")
+    write_parquet(result, load_data_out)
     result.attrs["download"] = stats.as_dict()
     log.info(
         "plate %s: fetched %d file(s), skipped %d, missing %d; %.1f MB in %.1f s (%.1f MB/s); total %.1f s",

@@ -73,12 +73,12 @@ OUTPUTS: tuple[Output, ...] = (
         "per-well generator settings: well, nucleus_scale, mito_scale, black_if",
     ),
     Output(
-        "raw_plate",
-        "raw/{plate}",
+        "raw_images",
+        "raw/{plate}/images",
         "download",
         "download",
         "cellresdm.gallery.download_plate",
-        "the plate's images as `images/<gallery file name>`, checked against the bucket listing",
+        "the plate's image files under their gallery names, checked against the bucket listing",
     ),
     Output(
         "load_data",
@@ -448,8 +448,8 @@ class ResultsLayout:
         return self.path("demo_wells", plate=plate)
 
     # download, filter, ground truth
-    def raw_plate(self, plate: str) -> str:
-        return self.path("raw_plate", plate=plate)
+    def raw_images(self, plate: str) -> str:
+        return self.path("raw_images", plate=plate)
 
     def load_data(self, plate: str) -> str:
         return self.path("load_data", plate=plate)

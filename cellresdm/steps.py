@@ -37,13 +37,17 @@ def synth_plate(plate: str, cell_line: str, demo: dict[str, Any], gallery_root: 
     return path
 
 
-def download(plate: str, gallery: dict[str, Any], out_dir: str, progress: bool = True) -> pd.DataFrame:
-    """Fetch one plate (config section ``gallery``) into ``out_dir``; writes ``out_dir/load_data.parquet``."""
+def download(
+    plate: str, gallery: dict[str, Any], images_dir: str, load_data_out: str, progress: bool = True
+) -> pd.DataFrame:
+    """Fetch one plate (config section ``gallery``): image files into ``images_dir``, the table to
+    ``load_data_out``."""
     from cellresdm.gallery import download_plate
 
     return download_plate(
         plate,
-        out_dir,
+        images_dir,
+        load_data_out,
         root=gallery["root"],
         endpoint_url=gallery["endpoint_url"],
         anon=gallery["anon"],

@@ -42,6 +42,6 @@ rule download:
         runtime=240,
     params:
         gallery=gallery_settings(),
-        out_dir=RESULTS.raw_plate("{plate}"),
+        images_dir=RESULTS.raw_images("{plate}"),
     script:
         "../workflow_scripts/download.py"

@@ -4,4 +4,6 @@ from cellresdm.logs import step_logging
 from cellresdm.steps import download
 
 with step_logging(snakemake.log[0]):
-    download(snakemake.wildcards.plate, snakemake.params.gallery, snakemake.params.out_dir)
+    download(
+        snakemake.wildcards.plate, snakemake.params.gallery, snakemake.params.images_dir, snakemake.output.load_data
+    )
