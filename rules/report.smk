@@ -58,7 +58,7 @@ rule paper_report:
         methods=config["methods"],
         plates=list(PLATES),
         sources=segmentation_sources(),
-        results=results_dir,
+        train_benchmarks={m: f"{BENCHMARKS}/train/{m}.tsv" for m in config["methods"]},
         config=config,
     script:
         "../workflow_scripts/report.py"
