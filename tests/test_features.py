@@ -153,14 +153,15 @@ def test_settings_validation_and_config() -> None:
         _settings(backend="matlab")
     with pytest.raises(ConfigError, match="features.aggregate"):
         _settings(aggregate="max")
-    with pytest.raises(ConfigError, match="features.segmentation.*declump_method"):
+    with pytest.raises(ConfigError, match="(?s)features.segmentation.*declump_method"):
         _settings(segmentation={"declump_method": "Magic"})
     with pytest.raises(ConfigError, match="lacks backend"):
         FeatureSettings.from_config({"texture_scales": [3]})  # not validated
     assert _settings().segmentation.discard_border_nuclei is True
+    features = {"backend": "cp_measure", "texture_scales": [3, 5], "segmentation": {"pixel_size_um": 1.196}}
     s = FeatureSettings.from_config(
-        {"backend": "cp_measure", "texture_scales": [3, 5], "segmentation": {"pixel_size_um": 1.196}},
-        segmentation={"discard_border_nuclei": False, "nuclei_diameter": [12, 60]},
+        config.section("features", features),
+        segmentation=config.section("groundtruth", {"discard_border_nuclei": False, "nuclei_diameter": [12, 60]}),
     )
     assert s.backend == "cp_measure" and s.texture_scales == (3, 5)
     assert s.segmentation.discard_border_nuclei is True  # not inherited from ground truth
