@@ -389,7 +389,7 @@ def _results_tree(root: Path) -> ReportInputs:
 
 
 #: Output name -> file name in the report folder.
-REPORT_FILES = {
+OUTPUT_FILES = {
     "fig4": "fig4_examples.png",
     "fig5": "fig5_quality.png",
     "fig6": "fig6_segmentation.png",
@@ -405,7 +405,7 @@ REPORT_FILES = {
 
 def _outputs(out: Path, **unwanted: None) -> ReportOutputs:
     """Every report file in ``out``, except the ones named in ``unwanted``."""
-    return ReportOutputs(**{**{k: out / name for k, name in REPORT_FILES.items()}, **unwanted})
+    return ReportOutputs(**{**{k: out / name for k, name in OUTPUT_FILES.items()}, **unwanted})
 
 
 CONFIG = {
@@ -421,12 +421,12 @@ def test_write_report_writes_every_file_and_a_self_contained_html(tmp_path):
     out = tmp_path / "reports"
     result = write_report(inputs, _outputs(out), config=CONFIG, all_methods=["cellresdm", "unet", "pix2pix", "palette"])
     assert result["missing"] == []
-    assert sorted(p.name for p in result["written"].values()) == sorted(REPORT_FILES.values())
-    for name in REPORT_FILES.values():
+    assert sorted(p.name for p in result["written"].values()) == sorted(OUTPUT_FILES.values())
+    for name in OUTPUT_FILES.values():
         assert (out / name).stat().st_size > 0, name
     page = (out / "report.html").read_text()
     for key in ("fig4", "fig5", "fig6", "fig7"):
-        encoded = base64.b64encode((out / REPORT_FILES[key]).read_bytes()).decode("ascii")
+        encoded = base64.b64encode((out / OUTPUT_FILES[key]).read_bytes()).decode("ascii")
         assert f"data:image/png;base64,{encoded}" in page, key
     assert (out / "fig6_segmentation.png").read_bytes() == (
         tmp_path / "results/segmentation/fig6_segmentation.png"
@@ -457,7 +457,7 @@ def test_write_report_fails_before_writing_when_a_wanted_output_lacks_an_input(t
         write_report(inputs, _outputs(out), config=CONFIG, all_methods=["cellresdm", "unet"])
     message = str(error.value)
     for name, path in zip(("table2", "fig7"), gone, strict=True):
-        assert f"{name} ({out / REPORT_FILES[name]})" in message and str(path) in message
+        assert f"{name} ({out / OUTPUT_FILES[name]})" in message and str(path) in message
     assert not out.exists()  # nothing written
     lacking = lacking_inputs(ReportInputs(), ReportOutputs(fig4=out / "f.png", methods=out / "m.csv"))
     assert len(lacking) == 3 and all(line.startswith("fig4") for line in lacking)  # methods needs nothing
