@@ -5,7 +5,8 @@ CellProfiler 4.2.8.1 runs headless on the kept fields of one plate with the segm
 pipelines/2020_11_04_CPJUMP1): background subtraction of the DNA image (CorrectIlluminationCalculate,
 Background, then CorrectIlluminationApply, Subtract), IdentifyPrimaryObjects (Nuclei from DNA, global minimum
 cross-entropy threshold with bounds, shape declumping) and IdentifySecondaryObjects (Cells, watershed on RNA).
-No measurement modules: those belong to the features stage.
+No measurement modules: those belong to the features stage. The pipeline text is written by
+:func:`cellresdm.cppipe.make_groundtruth_pipeline` from the settings of :class:`GroundTruthSettings`.
 
 Outputs in ``out_dir``: ``{field}_labels.tiff`` ((2, H, W) uint16, [nuclei, cells]; a cell carries the
 label of its nucleus) per kept field, and ``index.parquet`` (written last: it is the rule's output).
