@@ -15,7 +15,7 @@ from cellresdm.config import section
 from cellresdm.dataset import NormSettings, PlateInput, build_dataset
 from cellresdm.filters import FilterSettings, filter_fields
 from cellresdm.gallery import download_plate
-from cellresdm.groundtruth import SegmentationSettings, run_cellprofiler
+from cellresdm.groundtruth import GroundTruthSettings, run_cellprofiler
 from cellresdm.synth import SynthConfig, SynthPlate, Treatment, make_field, write_plate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,13 @@ def groundtruth_dir(fields, downloaded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gt")
     start = time.perf_counter()
     index = run_cellprofiler(
-        fields, downloaded, out, SegmentationSettings(), cellprofiler=str(CELLPROFILER), workers=2, progress=False
+        fields,
+        downloaded,
+        out,
+        GroundTruthSettings.from_config(section("groundtruth")),
+        cellprofiler=str(CELLPROFILER),
+        workers=2,
+        progress=False,
     )
     seconds = time.perf_counter() - start
     record(

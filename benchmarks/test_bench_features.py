@@ -9,7 +9,6 @@ one core.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pandas as pd
 import pytest
 import zarr
 
+from cellresdm import config as cfg
 from cellresdm import layout
 from cellresdm.features import FeatureSettings, extract_features
 from cellresdm.synth import Treatment, make_field
@@ -47,7 +47,7 @@ def test_feature_seconds(tmp_path: Path, size: int, backend: str) -> None:
     if not CELLPROFILER.is_file():
         pytest.skip(f"CellProfiler is not installed at {CELLPROFILER} (run `make setup`)")
     src = _zarr(tmp_path / "f.zarr", size)
-    settings = dataclasses.replace(FeatureSettings(workers=1), backend=backend)
+    settings = FeatureSettings.from_config(cfg.section("features", {"backend": backend}))
     table = extract_features(src, "bench", tmp_path / "f.parquet", settings, str(CELLPROFILER), progress=False)
     row = table.iloc[0]
     print(

@@ -21,8 +21,9 @@ import tifffile
 from scipy import ndimage as ndi
 from stardist.matching import matching
 
+from cellresdm import config as cfg
 from cellresdm import layout
-from cellresdm.groundtruth import SegmentationSettings, run_cellprofiler
+from cellresdm.groundtruth import GroundTruthSettings, run_cellprofiler
 from cellresdm.masks import boundaries_from_labels
 from cellresdm.segment import SegmentSettings, instances_from_boundaries, segment_predictions
 from cellresdm.synth import Treatment, make_field
@@ -160,7 +161,13 @@ def test_cellprofiler_speed(synthetic_fields, tmp_path):
     log.addHandler(times)
     start = time.perf_counter()
     index = run_cellprofiler(
-        table, table, tmp_path / "gt", SegmentationSettings(), cellprofiler=str(CELLPROFILER), log=log, progress=False
+        table,
+        table,
+        tmp_path / "gt",
+        GroundTruthSettings.from_config(cfg.section("groundtruth")),
+        cellprofiler=str(CELLPROFILER),
+        log=log,
+        progress=False,
     )
     seconds = time.perf_counter() - start
     FIGURES["cellprofiler"] = float(index["seconds"].mean())

@@ -5,7 +5,8 @@ CellProfiler 4.2.8.1 runs headless on the kept fields of one plate with the segm
 pipelines/2020_11_04_CPJUMP1): background subtraction of the DNA image (CorrectIlluminationCalculate,
 Background, then CorrectIlluminationApply, Subtract), IdentifyPrimaryObjects (Nuclei from DNA, global minimum
 cross-entropy threshold with bounds, shape declumping) and IdentifySecondaryObjects (Cells, watershed on RNA).
-No measurement modules: those belong to the features stage.
+No measurement modules: those belong to the features stage. The pipeline text is written by
+:func:`cellresdm.cppipe.make_groundtruth_pipeline` from the settings of :class:`GroundTruthSettings`.
 
 Outputs in ``out_dir``: ``{field}_labels.tiff`` ((2, H, W) uint16, [nuclei, cells]; a cell carries the
 label of its nucleus) per kept field, and ``index.parquet`` (written last: it is the rule's output).
@@ -14,19 +15,21 @@ label of its nucleus) per kept field, and ``index.parquet`` (written last: it is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from string import Template
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cellresdm import layout
 from cellresdm.cellprofiler import DEFAULT_CELLPROFILER, CellProfilerRunner, ChunkFolder, resolve_cellprofiler
+from cellresdm.cppipe import make_groundtruth_pipeline
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import read_tiff, write_parquet, write_tiff
 
@@ -49,28 +52,16 @@ QC_COLUMNS = [
     "mean_true_score",
 ]
 
-_THRESHOLD_METHODS = ("Minimum Cross-Entropy", "Otsu", "Robust Background")
-_DECLUMP_METHODS = ("Intensity", "Shape", "None")
-_FILL_HOLES = ("Never", "After both thresholding and declumping", "After declumping only")
-_SECONDARY_METHODS = (
-    "Watershed - Image",
-    "Propagation",
-    "Watershed - Gradient",
-    "Distance - N",
-    "Distance - B",
-)
-_OTSU_CLASSES = ("Two classes", "Three classes")
-_MIDDLE_CLASS = ("Foreground", "Background")
-
 
 @dataclass(frozen=True)
-class SegmentationSettings:
-    """Segmentation settings of the ground-truth pipeline.
+class GroundTruthSettings:
+    """Segmentation settings of the ground-truth pipeline (config section ``groundtruth``).
 
-    Sizes are in pixels at :data:`REFERENCE_PIXEL_SIZE_UM` (0.598 um/px) and are scaled by
-    ``0.598 / pixel_size_um`` when the pipeline is written; every default is the value of the cpg0000
-    analysis pipeline (modules CorrectIlluminationCalculate/Apply on DNA, IdentifyPrimaryObjects,
-    IdentifySecondaryObjects), except ``discard_border_nuclei`` (see below).
+    Built by :meth:`from_config` from the validated section: the config schema holds every default (the values
+    of the cpg0000 analysis pipeline: modules CorrectIlluminationCalculate/Apply on DNA, IdentifyPrimaryObjects,
+    IdentifySecondaryObjects, except ``discard_border_nuclei``) and every single-key check; this class checks
+    only what spans keys. Sizes are in pixels at :data:`REFERENCE_PIXEL_SIZE_UM` (0.598 um/px) and are scaled
+    by ``0.598 / pixel_size_um`` when the pipeline is written.
 
     Intensities in CellProfiler are counts / 65535, so threshold bounds are fractions of the 16-bit range:
     0.014 = 917 counts, 0.005 = 328 counts. The reference bounds were tuned on illumination-corrected real
@@ -115,42 +106,40 @@ class SegmentationSettings:
         adaptive_window: adaptive threshold window, px (unused by the global strategy).
     """
 
-    pixel_size_um: float = REFERENCE_PIXEL_SIZE_UM
-    nuclei_diameter: tuple[float, float] = (10, 75)
-    discard_outside_diameter: bool = True
-    discard_border_nuclei: bool = False
-    declump_method: str = "Shape"
-    dividing_lines_method: str = "Shape"
-    declump_smoothing_filter: float = 7
-    maxima_min_distance: float = 8
-    low_res_maxima: bool = True
-    nuclei_fill_holes: str = "Never"
-    nuclei_threshold_method: str = "Minimum Cross-Entropy"
-    nuclei_threshold_smoothing: float = 3.0
-    nuclei_threshold_correction: float = 1.25
-    nuclei_threshold_bounds: tuple[float, float] = (0.014, 1.0)
-    nuclei_otsu_classes: str = "Three classes"
-    nuclei_otsu_middle: str = "Background"
-    background_block_size: float = 30
-    background_filter_size: float = 50
-    cells_method: str = "Watershed - Image"
-    cells_threshold_method: str = "Minimum Cross-Entropy"
-    cells_threshold_smoothing: float = 0.0
-    cells_threshold_correction: float = 1.0
-    cells_threshold_bounds: tuple[float, float] = (0.005, 0.014)
-    cells_otsu_classes: str = "Three classes"
-    cells_otsu_middle: str = "Foreground"
-    cells_fill_holes: bool = True
-    cells_distance: float = 10
-    cells_regularization: float = 0.05
-    adaptive_window: float = 100
+    pixel_size_um: float
+    nuclei_diameter: tuple[float, float]
+    discard_outside_diameter: bool
+    discard_border_nuclei: bool
+    declump_method: str
+    dividing_lines_method: str
+    declump_smoothing_filter: float
+    maxima_min_distance: float
+    low_res_maxima: bool
+    nuclei_fill_holes: str
+    nuclei_threshold_method: str
+    nuclei_threshold_smoothing: float
+    nuclei_threshold_correction: float
+    nuclei_threshold_bounds: tuple[float, float]
+    nuclei_otsu_classes: str
+    nuclei_otsu_middle: str
+    background_block_size: float
+    background_filter_size: float
+    cells_method: str
+    cells_threshold_method: str
+    cells_threshold_smoothing: float
+    cells_threshold_correction: float
+    cells_threshold_bounds: tuple[float, float]
+    cells_otsu_classes: str
+    cells_otsu_middle: str
+    cells_fill_holes: bool
+    cells_distance: float
+    cells_regularization: float
+    adaptive_window: float
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"groundtruth.{name}: {why} (got {getattr(self, name)!r})")
 
-        if not (isinstance(self.pixel_size_um, int | float) and self.pixel_size_um > 0):
-            raise bad("pixel_size_um", "must be a number > 0")
         lo, hi = self.nuclei_diameter
         if not 0 < lo < hi:
             raise bad("nuclei_diameter", "must be (min, max) with 0 < min < max")
@@ -158,40 +147,6 @@ class SegmentationSettings:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi <= 1:
                 raise bad(name, "must be (lower, upper) with 0 <= lower <= upper <= 1 (fractions of 65535)")
-        choices = {
-            "declump_method": _DECLUMP_METHODS,
-            "dividing_lines_method": ("Intensity", "Shape", "Propagate"),
-            "nuclei_fill_holes": _FILL_HOLES,
-            "nuclei_threshold_method": _THRESHOLD_METHODS,
-            "cells_threshold_method": _THRESHOLD_METHODS,
-            "cells_method": _SECONDARY_METHODS,
-            "nuclei_otsu_classes": _OTSU_CLASSES,
-            "cells_otsu_classes": _OTSU_CLASSES,
-            "nuclei_otsu_middle": _MIDDLE_CLASS,
-            "cells_otsu_middle": _MIDDLE_CLASS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"must be one of {list(allowed)}")
-        for name in (
-            "declump_smoothing_filter",
-            "maxima_min_distance",
-            "background_block_size",
-            "background_filter_size",
-            "adaptive_window",
-            "nuclei_threshold_correction",
-            "cells_threshold_correction",
-        ):
-            if not getattr(self, name) > 0:
-                raise bad(name, "must be > 0")
-        for name in (
-            "nuclei_threshold_smoothing",
-            "cells_threshold_smoothing",
-            "cells_distance",
-            "cells_regularization",
-        ):
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
 
     @property
     def scale(self) -> float:
@@ -199,71 +154,18 @@ class SegmentationSettings:
         return REFERENCE_PIXEL_SIZE_UM / self.pixel_size_um
 
     @classmethod
-    def from_config(cls, section: dict) -> SegmentationSettings:
-        """Settings from a config section: keys named like the attributes; unknown keys are ignored
-        (the ``groundtruth`` section also holds QC and executable keys). Lists become tuples."""
-        names = set(cls.__dataclass_fields__)
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in names}
-        return cls(**kwargs)
+    def from_config(cls, section: Mapping[str, Any]) -> GroundTruthSettings:
+        """Settings from the validated ``groundtruth`` config section (:func:`cellresdm.config.section` fills
+        the schema's defaults). Keys that are not settings (QC, executable) are ignored; lists become tuples.
 
-
-def _yes(flag: bool) -> str:
-    return "Yes" if flag else "No"
-
-
-def _px(value: float, scale: float, minimum: int = 1) -> int:
-    return max(int(round(value * scale)), minimum)
-
-
-def _num(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def make_pipeline(settings: SegmentationSettings) -> str:
-    """The ``.cppipe`` text of the ground-truth pipeline for ``settings`` (sizes scaled to the pixel size).
-
-    LoadData reads a CSV (given with ``--data-file``) with ``FileName_/PathName_OrigDNA``,
-    ``FileName_/PathName_OrigRNA`` and ``Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_field``;
-    intensities are rescaled to [0, 1]. SaveImages writes ``{field}_nuclei.tiff`` and ``{field}_cells.tiff``
-    (16-bit label images) into the output folder.
-    """
-    s = settings.scale
-    dmin, dmax = settings.nuclei_diameter
-    values = {
-        "bg_block_size": _px(settings.background_block_size, s),
-        "bg_filter_size": _px(settings.background_filter_size, s),
-        "nuclei_diameter_min": _px(dmin, s),
-        "nuclei_diameter_max": max(_px(dmax, s), _px(dmin, s) + 1),
-        "discard_outside_diameter": _yes(settings.discard_outside_diameter),
-        "discard_border_nuclei": _yes(settings.discard_border_nuclei),
-        "declump_method": settings.declump_method,
-        "dividing_lines_method": settings.dividing_lines_method,
-        "declump_smoothing_filter": _px(settings.declump_smoothing_filter, s),
-        "maxima_min_distance": _num(settings.maxima_min_distance * s),
-        "low_res_maxima": _yes(settings.low_res_maxima),
-        "nuclei_fill_holes": settings.nuclei_fill_holes,
-        "nuclei_threshold_method": settings.nuclei_threshold_method,
-        "nuclei_threshold_smoothing": _num(settings.nuclei_threshold_smoothing * s),
-        "nuclei_threshold_correction": _num(settings.nuclei_threshold_correction),
-        "nuclei_threshold_lower": _num(settings.nuclei_threshold_bounds[0]),
-        "nuclei_threshold_upper": _num(settings.nuclei_threshold_bounds[1]),
-        "nuclei_otsu_classes": settings.nuclei_otsu_classes,
-        "nuclei_otsu_middle": settings.nuclei_otsu_middle,
-        "adaptive_window": _px(settings.adaptive_window, s),
-        "cells_method": settings.cells_method,
-        "cells_distance": _px(settings.cells_distance, s, minimum=0),
-        "cells_regularization": _num(settings.cells_regularization),
-        "cells_fill_holes": _yes(settings.cells_fill_holes),
-        "cells_threshold_method": settings.cells_threshold_method,
-        "cells_threshold_smoothing": _num(settings.cells_threshold_smoothing * s),
-        "cells_threshold_correction": _num(settings.cells_threshold_correction),
-        "cells_threshold_lower": _num(settings.cells_threshold_bounds[0]),
-        "cells_threshold_upper": _num(settings.cells_threshold_bounds[1]),
-        "cells_otsu_classes": settings.cells_otsu_classes,
-        "cells_otsu_middle": settings.cells_otsu_middle,
-    }
-    template = resources.files("cellresdm").joinpath("cppipe/groundtruth.cppipe").read_text()
-    return Template(template).substitute(values)
+        Raises:
+            ConfigError: the section lacks a setting (it was not validated against the schema).
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        lacking = [k for k in names if k not in section]
+        if lacking:
+            raise ConfigError(f"groundtruth section lacks {', '.join(lacking)} (validate it with the schema)")
+        return cls(**{k: tuple(section[k]) if isinstance(section[k], list) else section[k] for k in names})
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -388,7 +290,7 @@ def run_cellprofiler(
     fields: pd.DataFrame,
     load_data: pd.DataFrame,
     out_dir: Path,
-    settings: SegmentationSettings,
+    settings: GroundTruthSettings,
     cellprofiler: str = DEFAULT_CELLPROFILER,
     workers: int = 1,
     log: logging.Logger | None = None,
@@ -446,7 +348,7 @@ def run_cellprofiler(
         with tempfile.TemporaryDirectory(prefix=".cellprofiler-", dir=out_dir) as work_name:
             work = Path(work_name)
             pipeline = work / "groundtruth.cppipe"
-            pipeline.write_text(make_pipeline(settings))
+            pipeline.write_text(make_groundtruth_pipeline(settings))
             runner = CellProfilerRunner(exe, pipeline, log, bar)
 
             def segment(k: int) -> tuple[Path, dict[str, float]]:

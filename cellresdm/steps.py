@@ -81,13 +81,13 @@ def groundtruth(
     plate: str, fields: str, load_data: str, out_dir: str, settings: dict[str, Any], workers: int = 1
 ) -> pd.DataFrame:
     """CellProfiler nuclei and cell labels of the kept fields of one plate (config section ``groundtruth``)."""
-    from cellresdm.groundtruth import SegmentationSettings, run_cellprofiler
+    from cellresdm.groundtruth import GroundTruthSettings, run_cellprofiler
 
     index = run_cellprofiler(
         pd.read_parquet(fields),
         pd.read_parquet(load_data),
         Path(out_dir),
-        SegmentationSettings(pixel_size_um=settings["pixel_size_um"]),
+        GroundTruthSettings.from_config(settings),
         cellprofiler=settings["cellprofiler"],
         workers=workers,
         log=log,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import zarr
 
-from cellresdm import layout, synth
+from cellresdm import config, layout, synth
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.features import (
     CATEGORIES,
@@ -29,12 +29,20 @@ from cellresdm.features import (
     table2,
     write_table2,
 )
-from cellresdm.groundtruth import SegmentationSettings
 from cellresdm.io import read_tiff
 
 SIZE = 128
+
+
+def _settings(**overrides) -> FeatureSettings:
+    """Feature settings: the schema's defaults (features and groundtruth sections) with ``overrides``."""
+    return FeatureSettings.from_config(
+        config.section("features", overrides), segmentation=config.section("groundtruth")
+    )
+
+
 #: Small fields keep border nuclei (the reference discards them) so that they hold several cells.
-SETTINGS = FeatureSettings(workers=1, segmentation=SegmentationSettings(discard_border_nuclei=False))
+SETTINGS = _settings(segmentation={"discard_border_nuclei": False})
 
 
 # ----------------------------------------------------------------------------------------------- Table 2
@@ -142,12 +150,18 @@ def test_write_table2(tmp_path: Path) -> None:
 
 def test_settings_validation_and_config() -> None:
     with pytest.raises(ConfigError, match="features.backend"):
-        FeatureSettings(backend="matlab")
+        _settings(backend="matlab")
     with pytest.raises(ConfigError, match="features.aggregate"):
-        FeatureSettings(aggregate="max")
+        _settings(aggregate="max")
+    with pytest.raises(ConfigError, match="(?s)features.segmentation.*declump_method"):
+        _settings(segmentation={"declump_method": "Magic"})
+    with pytest.raises(ConfigError, match="lacks backend"):
+        FeatureSettings.from_config({"texture_scales": [3]})  # not validated
+    assert _settings().segmentation.discard_border_nuclei is True
+    features = {"backend": "cp_measure", "texture_scales": [3, 5], "segmentation": {"pixel_size_um": 1.196}}
     s = FeatureSettings.from_config(
-        {"backend": "cp_measure", "texture_scales": [3, 5], "segmentation": {"pixel_size_um": 1.196}},
-        segmentation={"discard_border_nuclei": False, "nuclei_diameter": [12, 60]},
+        config.section("features", features),
+        segmentation=config.section("groundtruth", {"discard_border_nuclei": False, "nuclei_diameter": [12, 60]}),
     )
     assert s.backend == "cp_measure" and s.texture_scales == (3, 5)
     assert s.segmentation.discard_border_nuclei is True  # not inherited from ground truth
@@ -155,7 +169,7 @@ def test_settings_validation_and_config() -> None:
 
 
 def test_pipeline_text_scales_sizes() -> None:
-    text = make_measurement_pipeline(FeatureSettings())
+    text = make_measurement_pipeline(_settings())
     assert text.count("module_num:") == int(text.split("ModuleCount:")[1].split("\n")[0])
     for module in (
         "IdentifyPrimaryObjects",
@@ -174,10 +188,10 @@ def test_pipeline_text_scales_sizes() -> None:
         assert f"\n{module}:[module_num:" in text
     assert "Select the input image:RNA" in text and "OrigDNA" not in text
     assert "Texture scale to measure:10" in text and "Radius of structuring element:10" in text
-    half = make_measurement_pipeline(FeatureSettings().at_pixel_size(1.196))
+    half = make_measurement_pipeline(_settings().at_pixel_size(1.196))
     assert "Texture scale to measure:5\n" in half and "Radius of structuring element:5" in half
     assert "Typical diameter of objects, in pixel units (Min,Max):5,38" in half
-    seg_only = make_measurement_pipeline(FeatureSettings(), measure=False)
+    seg_only = make_measurement_pipeline(_settings(), measure=False)
     assert "MeasureTexture" not in seg_only and "ExportToSpreadsheet" in seg_only
 
 
@@ -268,9 +282,7 @@ def test_cellprofiler_failure_names_image_set(tmp_path: Path) -> None:
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     src = _write_zarr(tmp_path / "test.zarr", _fields()[:1])
     with pytest.raises(CellResDMError) as err:
-        extract_features(
-            src, "m", tmp_path / "m.parquet", FeatureSettings(workers=1), cellprofiler=str(fake), progress=False
-        )
+        extract_features(src, "m", tmp_path / "m.parquet", _settings(), cellprofiler=str(fake), progress=False)
     msg = str(err.value)
     assert "status 3" in msg and "P1_r02c02f01" in msg and "ValueError: boom" in msg
     assert not (tmp_path / "m.parquet").exists()

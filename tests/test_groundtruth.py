@@ -11,13 +11,13 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from cellresdm import layout
+from cellresdm import config, layout
+from cellresdm.cppipe import make_groundtruth_pipeline
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.groundtruth import (
     INDEX_COLUMNS,
     QC_COLUMNS,
-    SegmentationSettings,
-    make_pipeline,
+    GroundTruthSettings,
     qc_against_truth,
     qc_summary,
     run_cellprofiler,
@@ -25,6 +25,11 @@ from cellresdm.groundtruth import (
 
 SIZE = 256
 FIELDS = ("r02c03f01", "r02c03f02", "r02c04f01")
+
+
+def _settings(**overrides) -> GroundTruthSettings:
+    """Ground-truth settings: the schema's defaults with ``overrides``."""
+    return GroundTruthSettings.from_config(config.section("groundtruth", overrides))
 
 
 # ----------------------------------------------------------------------------------------------- test fields
@@ -110,31 +115,34 @@ def write_plate(base: Path, fields=FIELDS, seed: int = 0) -> tuple[pd.DataFrame,
 
 
 def test_settings_defaults_and_validation():
-    s = SegmentationSettings()
+    s = _settings()
     assert s.pixel_size_um == 0.598 and s.nuclei_diameter == (10, 75)
     assert s.nuclei_threshold_method == s.cells_threshold_method == "Minimum Cross-Entropy"
     assert s.nuclei_threshold_bounds == (0.014, 1.0) and s.cells_threshold_bounds == (0.005, 0.014)
     assert s.cells_method == "Watershed - Image" and s.declump_method == "Shape"
+    assert not s.discard_border_nuclei
     with pytest.raises(ConfigError, match="pixel_size_um"):
-        SegmentationSettings(pixel_size_um=0)
+        _settings(pixel_size_um=0)
     with pytest.raises(ConfigError, match="cells_threshold_bounds"):
-        SegmentationSettings(cells_threshold_bounds=(0.02, 0.01))
+        _settings(cells_threshold_bounds=[0.02, 0.01])  # a cross-key check of the class
+    with pytest.raises(ConfigError, match="nuclei_diameter"):
+        _settings(nuclei_diameter=[60, 12])
     with pytest.raises(ConfigError, match="nuclei_threshold_method"):
-        SegmentationSettings(nuclei_threshold_method="Magic")
-    assert SegmentationSettings.from_config(
-        {"pixel_size_um": 0.3, "cellprofiler": "x", "qc_iou": 0.5, "nuclei_diameter": [12, 60]}
-    ).nuclei_diameter == (12, 60)
+        _settings(nuclei_threshold_method="Magic")
+    assert _settings(pixel_size_um=0.3, nuclei_diameter=[12, 60]).nuclei_diameter == (12, 60)
+    with pytest.raises(ConfigError, match="lacks nuclei_diameter"):
+        GroundTruthSettings.from_config({"pixel_size_um": 0.3, "cellprofiler": "x"})  # not validated
 
 
-def test_make_pipeline_scales_sizes():
-    ref = make_pipeline(SegmentationSettings())
+def test_groundtruth_pipeline_scales_sizes():
+    ref = make_groundtruth_pipeline(_settings())
     assert "Typical diameter of objects, in pixel units (Min,Max):10,75\n" in ref
     assert "Lower and upper bounds on threshold:0.014,1\n" in ref
     assert "Lower and upper bounds on threshold:0.005,0.014\n" in ref
     assert "Select the method to identify the secondary objects:Watershed - Image" in ref
     assert "Select the input image:OrigRNA" in ref and "Block size:30\n" in ref
     assert "Measure" not in ref and "$" not in ref
-    half = make_pipeline(SegmentationSettings(pixel_size_um=0.299))  # 2x the resolution: sizes double
+    half = make_groundtruth_pipeline(_settings(pixel_size_um=0.299))  # 2x the resolution: sizes double
     assert "Typical diameter of objects, in pixel units (Min,Max):20,150\n" in half
     assert "Size of smoothing filter:14\n" in half and "Threshold smoothing scale:6\n" in half
     assert "Smoothing filter size:100\n" in half
@@ -199,9 +207,7 @@ def test_missing_executable_is_a_clear_error(tmp_path):
     fields, load_data, _ = write_plate(tmp_path, fields=FIELDS[:1])
     for exe in (str(tmp_path / "nowhere" / "cellprofiler"), "cellprofiler-that-is-not-installed"):
         with pytest.raises(CellResDMError, match=r"make setup.*envs/cellprofiler.yaml"):
-            run_cellprofiler(
-                fields, load_data, tmp_path / "out", SegmentationSettings(), cellprofiler=exe, progress=False
-            )
+            run_cellprofiler(fields, load_data, tmp_path / "out", _settings(), cellprofiler=exe, progress=False)
     assert not (tmp_path / "out" / "index.parquet").exists()
 
 
@@ -215,7 +221,7 @@ def test_failing_cellprofiler_reports_its_output(tmp_path):
     out.mkdir()
     (out / "index.parquet").write_bytes(b"stale")  # an old index must not survive a failed run
     with pytest.raises(CellResDMError, match="status 3") as info:
-        run_cellprofiler(fields, load_data, out, SegmentationSettings(), cellprofiler=str(fake), progress=False)
+        run_cellprofiler(fields, load_data, out, _settings(), cellprofiler=str(fake), progress=False)
     assert "something broke in module X" in str(info.value)
     assert not (out / "index.parquet").exists()
     assert not list(out.glob(".cellprofiler-*"))  # temporary outputs removed
@@ -235,7 +241,7 @@ def test_truncated_input_is_rejected_before_cellprofiler(tmp_path):
             fields,
             load_data,
             tmp_path / "out",
-            SegmentationSettings(),
+            _settings(),
             cellprofiler=str(fake),
             progress=False,
         )
@@ -252,7 +258,7 @@ def test_kept_field_absent_from_load_data(tmp_path):
             fields,
             load_data.iloc[:1],
             tmp_path / "out",
-            SegmentationSettings(),
+            _settings(),
             cellprofiler=str(fake),
             progress=False,
         )
@@ -278,8 +284,8 @@ print("diameter", pipeline.modules()[3].size_range.value)
 
 @pytest.mark.cellprofiler
 def test_pipeline_loads_and_validates_in_cellprofiler(tmp_path, cellprofiler):
-    settings = SegmentationSettings(pixel_size_um=0.299, nuclei_threshold_method="Otsu", declump_method="Intensity")
-    (tmp_path / "p.cppipe").write_text(make_pipeline(settings))
+    settings = _settings(pixel_size_um=0.299, nuclei_threshold_method="Otsu", declump_method="Intensity")
+    (tmp_path / "p.cppipe").write_text(make_groundtruth_pipeline(settings))
     pd.DataFrame(
         {
             "Metadata_Plate": ["P"],
@@ -321,7 +327,7 @@ def cp_run(tmp_path_factory, cellprofiler):
         fields,
         load_data,
         out,
-        SegmentationSettings(),
+        _settings(),
         cellprofiler=cellprofiler,
         workers=2,
         progress=False,
@@ -368,7 +374,7 @@ def test_cellprofiler_failure_raises_with_its_error(tmp_path, cellprofiler):
     tifffile.imwrite(bad, tifffile.imread(bad), compression="zstd")
     out = tmp_path / "out"
     with pytest.raises(CellResDMError) as info:
-        run_cellprofiler(fields, load_data, out, SegmentationSettings(), cellprofiler=cellprofiler, progress=False)
+        run_cellprofiler(fields, load_data, out, _settings(), cellprofiler=cellprofiler, progress=False)
     message = str(info.value)
     assert "CellProfiler exited with status" in message and FIELDS[1] in message
     assert bad.name in message  # CellProfiler's own error line names the file
@@ -394,9 +400,7 @@ def test_synth_fields_are_segmented_well(tmp_path, cellprofiler):
         tifffile.imwrite(tmp_path / "truth" / f"{field}_labels.tiff", labels)
         rows.append({"field": field, "keep": True, **paths})
     table = pd.DataFrame(rows)
-    index = run_cellprofiler(
-        table, table, tmp_path / "out", SegmentationSettings(), cellprofiler=cellprofiler, progress=False
-    )
+    index = run_cellprofiler(table, table, tmp_path / "out", _settings(), cellprofiler=cellprofiler, progress=False)
     summary = qc_summary(qc_against_truth(index, tmp_path / "truth")).set_index("object")
     assert summary.loc["nuclei", "f1"] >= 0.9, summary
     assert summary.loc["cells", "f1"] >= 0.7, summary

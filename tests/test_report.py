@@ -19,10 +19,11 @@ from cellresdm.metrics import image_quality, quality_ttests
 from cellresdm.report import (
     REFERENCE_BETTER,
     REFERENCE_WORSE,
-    REPORT_FILES,
     ReportInputs,
+    ReportOutputs,
     fig5_quality,
     filtering_summary,
+    lacking_inputs,
     median_index,
     methods_status,
     significance_markers,
@@ -147,7 +148,48 @@ def test_markers_follow_p_and_direction():
     )
     markers = significance_markers(tests)["marker"].tolist()
     assert markers == [REFERENCE_BETTER, REFERENCE_WORSE, REFERENCE_WORSE, "", "", "", ""]
-    assert REFERENCE_BETTER != REFERENCE_WORSE
+
+
+def _quality_of(mse: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Image-quality rows with the given per-image MSE on DNA per method (other channels and metrics equal)."""
+    rows = []
+    for method, values in mse.items():
+        for i, value in enumerate(values):
+            for channel in layout.IF_CHANNELS:
+                v = float(value) if channel == "DNA" else 100.0 + i
+                rows.append(
+                    {
+                        "method": method,
+                        "index": i,
+                        "channel": channel,
+                        "mse": v,
+                        "psnr": 30.0,
+                        "ssim": 0.5,
+                        "pearson": 0.5,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_fig5_markers_follow_the_data(tmp_path, flip):
+    """Reference clearly better than one method and clearly worse than another on DNA MSE: the 'better' marker
+    goes on the first, the 'worse' one on the second, none on a method equal to the reference; swapping the two
+    methods' data swaps the markers."""
+    noise = np.array([0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.3])
+    reference = 100.0 + noise
+    worse, better = 200.0 + noise[::-1], 20.0 + noise[::-1]  # MSE: lower is better
+    unet, palette = (better, worse) if flip else (worse, better)
+    quality = _quality_of({"cellresdm": reference, "unet": unet, "palette": palette, "spade": reference.copy()})
+    markers = significance_markers(quality_ttests(quality, reference="cellresdm"))
+    dna = markers[(markers["channel"] == "DNA") & (markers["metric"] == "mse")].set_index("other")["marker"]
+    expected = {"unet": REFERENCE_BETTER, "palette": REFERENCE_WORSE, "spade": ""}
+    if flip:
+        expected.update(unet=REFERENCE_WORSE, palette=REFERENCE_BETTER)
+    assert dna.to_dict() == expected
+    drawn = fig5_quality(quality, quality_ttests(quality, reference="cellresdm"), tmp_path / "fig5.png")
+    got = {(r.other, r.channel, r.metric): r.marker for r in drawn.itertuples()}
+    assert got == {(m, "DNA", "mse"): marker for m, marker in expected.items() if marker}
 
 
 def test_markers_need_their_columns():
@@ -325,7 +367,45 @@ def _results_tree(root: Path) -> ReportInputs:
     pd.DataFrame({"category": ["Intensity"], "pearson_cellresdm": [0.8123]}).to_csv(
         root / "features" / "table2_features.csv", index=False
     )
-    return ReportInputs.from_results(root, ["cellresdm", "unet"], list(PLATES), ["cellresdm", "unet"])
+    methods = ["cellresdm", "unet"]
+    return ReportInputs(
+        dataset=root / "datasets" / "test.zarr",
+        predictions={m: root / "predictions" / m / "test.zarr" for m in methods},
+        quality=root / "metrics" / "image_quality.parquet",
+        quality_ttests=root / "metrics" / "image_quality_ttests.csv",
+        segmentation_summary=root / "segmentation" / "segmentation_summary.csv",
+        segmentation_ttests=root / "segmentation" / "segmentation_ttests.csv",
+        fig6=root / "segmentation" / "fig6_segmentation.png",
+        fig7=root / "segmentation" / "fig7_stardist.png",
+        instances={s: root / "segmentation" / f"{s}_instances.zarr" for s in methods},
+        sample_benchmarks={m: root / "benchmarks" / f"sample_{m}.json" for m in methods},
+        train_benchmarks={m: root / "benchmarks" / "train" / f"{m}.tsv" for m in methods},
+        groundtruth_indexes={p: root / "groundtruth" / p / "index.parquet" for p in PLATES},
+        models={m: root / "models" / m / "model.pt" for m in [*methods, "pix2pix"]},
+        fields={p: root / "fields" / f"{p}.parquet" for p in PLATES},
+        qc_summary=root / "groundtruth" / "qc_summary.csv",
+        table2=root / "features" / "table2_features.csv",
+    )
+
+
+#: Output name -> file name in the report folder.
+OUTPUT_FILES = {
+    "fig4": "fig4_examples.png",
+    "fig5": "fig5_quality.png",
+    "fig6": "fig6_segmentation.png",
+    "fig7": "fig7_stardist.png",
+    "table2": "table2_features.csv",
+    "table3": "table3_latent.csv",
+    "throughput": "throughput.csv",
+    "methods": "methods.csv",
+    "filtering": "filtering.csv",
+    "html": "report.html",
+}
+
+
+def _outputs(out: Path, **unwanted: None) -> ReportOutputs:
+    """Every report file in ``out``, except the ones named in ``unwanted``."""
+    return ReportOutputs(**{**{k: out / name for k, name in OUTPUT_FILES.items()}, **unwanted})
 
 
 CONFIG = {
@@ -339,14 +419,14 @@ CONFIG = {
 def test_write_report_writes_every_file_and_a_self_contained_html(tmp_path):
     inputs = _results_tree(tmp_path / "results")
     out = tmp_path / "reports"
-    result = write_report(inputs, out, config=CONFIG, all_methods=["cellresdm", "unet", "pix2pix", "palette"])
+    result = write_report(inputs, _outputs(out), config=CONFIG, all_methods=["cellresdm", "unet", "pix2pix", "palette"])
     assert result["missing"] == []
-    assert sorted(p.name for p in result["written"].values()) == sorted(REPORT_FILES.values())
-    for name in REPORT_FILES.values():
+    assert sorted(p.name for p in result["written"].values()) == sorted(OUTPUT_FILES.values())
+    for name in OUTPUT_FILES.values():
         assert (out / name).stat().st_size > 0, name
     page = (out / "report.html").read_text()
     for key in ("fig4", "fig5", "fig6", "fig7"):
-        encoded = base64.b64encode((out / REPORT_FILES[key]).read_bytes()).decode("ascii")
+        encoded = base64.b64encode((out / OUTPUT_FILES[key]).read_bytes()).decode("ascii")
         assert f"data:image/png;base64,{encoded}" in page, key
     assert (out / "fig6_segmentation.png").read_bytes() == (
         tmp_path / "results/segmentation/fig6_segmentation.png"
@@ -367,14 +447,37 @@ def test_write_report_writes_every_file_and_a_self_contained_html(tmp_path):
     assert result["fig4_index"] in range(N)
 
 
-def test_write_report_lists_missing_inputs(tmp_path):
+def test_write_report_fails_before_writing_when_a_wanted_output_lacks_an_input(tmp_path):
     inputs = _results_tree(tmp_path / "results")
-    for name in ("features/table2_features.csv", "segmentation/fig7_stardist.png"):
+    gone = [tmp_path / "results" / n for n in ("features/table2_features.csv", "segmentation/fig7_stardist.png")]
+    for path in gone:
+        path.unlink()
+    out = tmp_path / "reports"
+    with pytest.raises(CellResDMError) as error:
+        write_report(inputs, _outputs(out), config=CONFIG, all_methods=["cellresdm", "unet"])
+    message = str(error.value)
+    for name, path in zip(("table2", "fig7"), gone, strict=True):
+        assert f"{name} ({out / OUTPUT_FILES[name]})" in message and str(path) in message
+    assert not out.exists()  # nothing written
+    lacking = lacking_inputs(ReportInputs(), ReportOutputs(fig4=out / "f.png", methods=out / "m.csv"))
+    assert len(lacking) == 3 and all(line.startswith("fig4") for line in lacking)  # methods needs nothing
+
+
+def test_write_report_lists_missing_optional_inputs(tmp_path):
+    inputs = _results_tree(tmp_path / "results")
+    for name in ("features/table2_features.csv", "segmentation/fig7_stardist.png", "groundtruth/qc_summary.csv"):
         (tmp_path / "results" / name).unlink()
-    result = write_report(inputs, tmp_path / "reports", config=CONFIG, all_methods=["cellresdm", "unet"])
+    (tmp_path / "results" / "benchmarks" / "train" / "unet.tsv").unlink()
+    out = tmp_path / "reports"
+    result = write_report(
+        inputs, _outputs(out, table2=None, fig7=None), config=CONFIG, all_methods=["cellresdm", "unet"]
+    )
     looked_for = [path for _, path in result["missing"]]
-    assert any(p.endswith("table2_features.csv") for p in looked_for)
-    assert any(p.endswith("fig7_stardist.png") for p in looked_for)
-    assert not (tmp_path / "reports" / "table2_features.csv").exists()
-    page = (tmp_path / "reports" / "report.html").read_text()
-    assert "table2_features.csv" in page and "fig7_stardist.png" in page
+    for name in ("table2_features.csv", "fig7_stardist.png", "qc_summary.csv", "unet.tsv"):
+        assert sum(p.endswith(name) for p in looked_for) == 1, name
+    assert not (out / "table2_features.csv").exists() and not (out / "fig7_stardist.png").exists()
+    assert "table2" not in result["written"] and "fig6" in result["written"]
+    page = (out / "report.html").read_text()
+    assert "table2_features.csv" in page and "fig7_stardist.png" in page and "unet.tsv" in page
+    throughput = pd.read_csv(out / "throughput.csv")
+    assert throughput.loc[throughput["step"] == "training", "source"].tolist() == ["cellresdm"]

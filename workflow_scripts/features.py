@@ -1,7 +1,5 @@
 """Snakemake adapter: per-image CellProfiler features of one source (``real`` or a method) on the test split."""
 
-import dataclasses
-
 from cellresdm.features import FeatureSettings, extract_features
 from cellresdm.logs import step_logging
 
@@ -10,14 +8,14 @@ with step_logging(snakemake.log[0]) as log:
     settings = FeatureSettings.from_config(
         dict(snakemake.params.settings), segmentation=dict(snakemake.params.segmentation)
     )
-    # the rule's threads (Snakemake scales them to the cores it has) decide how many CellProfiler processes run
-    settings = dataclasses.replace(settings, workers=max(int(snakemake.threads), 1))
     extract_features(
         snakemake.input.images,
         snakemake.wildcards.source,
         snakemake.output.features,
         settings,
         cellprofiler=snakemake.params.segmentation["cellprofiler"],
+        # the rule's threads (Snakemake scales them to the cores it has) decide how many CellProfiler processes run
+        workers=max(int(snakemake.threads), 1),
         log=log,
         reference=snakemake.input.dataset,
     )

@@ -3,21 +3,18 @@
 Named inputs (lists in the order of their ``params``): ``dataset``, ``quality``, ``quality_ttests``,
 ``predictions`` / ``sample_benchmarks`` / ``models`` (``params.methods``), ``instances`` (``params.sources``),
 ``groundtruth`` / ``fields`` (``params.plates``), optional ``segmentation_summary``, ``segmentation_ttests``,
-``fig6``, ``fig7``, ``qc_summary``, ``table2``. ``params.results`` is the results folder, where the report also
-looks for the Snakemake training benchmarks (``benchmarks/train/{method}.tsv``, not rule inputs: benchmarks are
-written after a job's outputs). ``params.config`` is the whole config. Everything goes beside ``output.html``.
+``fig6``, ``fig7``, ``qc_summary``, ``table2``. ``params.train_benchmarks`` maps each method to its Snakemake
+training benchmark (not a rule input: benchmarks are written after a job's outputs). ``params.config`` holds the
+config keys the report reads. Named outputs are the report's files; ``segmentation_figures`` holds Figs. 6 and 7 (or nothing).
 """
 
-from pathlib import Path
-
-from cellresdm.errors import CellResDMError
 from cellresdm.logs import step_logging
-from cellresdm.report import REPORT_FILES, ReportInputs, write_report
+from cellresdm.report import ReportInputs, ReportOutputs, write_report
 
 
-def _named(name: str) -> str | None:
-    # snakemake.input is a list of paths with named entries: `in` would test the paths, keys() has the names
-    return str(snakemake.input[name]) if name in snakemake.input.keys() else None  # noqa: SIM118
+def _named(files, name: str) -> str | None:
+    # a Snakemake file list with named entries: `in` would test the paths, keys() has the names
+    return str(files[name]) if name in files.keys() else None  # noqa: SIM118
 
 
 def _by(keys: list[str], name: str) -> dict[str, str]:
@@ -32,28 +29,24 @@ with step_logging(snakemake.log[0]):
     methods = list(snakemake.params.methods)
     plates = list(snakemake.params.plates)
     sources = list(snakemake.params.sources)
-    # start from the conventional paths (optional items the rule does not list are looked for there) ...
-    inputs = ReportInputs.from_results(snakemake.params.results, methods, plates, sources)
-    # ... and take the rule's declared inputs where it has them
-    for name in ("dataset", "quality", "quality_ttests", "segmentation_summary", "segmentation_ttests"):
-        if _named(name) is not None:
-            setattr(inputs, name, _named(name))
-    for name in ("fig6", "fig7", "qc_summary", "table2"):
-        if _named(name) is not None:
-            setattr(inputs, name, _named(name))
-    inputs.predictions.update(_by(methods, "predictions"))
-    inputs.sample_benchmarks.update(_by(methods, "sample_benchmarks"))
-    inputs.models.update(_by(methods, "models"))
-    inputs.instances.update(_by(sources, "instances"))
-    inputs.groundtruth_indexes.update(_by(plates, "groundtruth"))
-    inputs.fields.update(_by(plates, "fields"))
-    out_dir = Path(snakemake.output.html).parent
-    result = write_report(inputs, out_dir, config=dict(snakemake.params.config))
-    written = {str(p) for p in result["written"].values()}
-    lacking = [str(p) for p in snakemake.output if str(Path(p)) not in written]
-    if lacking:
-        raise CellResDMError(
-            f"report rule declares outputs the report could not write (inputs missing): {', '.join(lacking)}; "
-            f"missing inputs: {'; '.join(f'{item} ({path})' for item, path in result['missing'])}; "
-            f"files it writes: {', '.join(REPORT_FILES.values())}"
-        )
+    optional = ("segmentation_summary", "segmentation_ttests", "fig6", "fig7", "qc_summary", "table2")
+    inputs = ReportInputs(
+        dataset=_named(snakemake.input, "dataset"),
+        quality=_named(snakemake.input, "quality"),
+        quality_ttests=_named(snakemake.input, "quality_ttests"),
+        predictions=_by(methods, "predictions"),
+        sample_benchmarks=_by(methods, "sample_benchmarks"),
+        models=_by(methods, "models"),
+        instances=_by(sources, "instances"),
+        groundtruth_indexes=_by(plates, "groundtruth"),
+        fields=_by(plates, "fields"),
+        train_benchmarks=dict(snakemake.params.train_benchmarks),
+        **{name: _named(snakemake.input, name) for name in optional},
+    )
+    names = ("html", "fig4", "fig5", "table2", "table3", "throughput", "methods", "filtering")
+    outputs = ReportOutputs(
+        **{name: _named(snakemake.output, name) for name in names},
+        # [fig6, fig7] when the run has segmentation sources, else nothing
+        **dict(zip(("fig6", "fig7"), map(str, snakemake.output.get("segmentation_figures", [])), strict=False)),
+    )
+    write_report(inputs, outputs, config=dict(snakemake.params.config))
