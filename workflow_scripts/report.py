@@ -5,7 +5,8 @@ Named inputs (lists in the order of their ``params``): ``dataset``, ``quality``,
 ``groundtruth`` / ``fields`` (``params.plates``), optional ``segmentation_summary``, ``segmentation_ttests``,
 ``fig6``, ``fig7``, ``qc_summary``, ``table2``. ``params.train_benchmarks`` maps each method to its Snakemake
 training benchmark (not a rule input: benchmarks are written after a job's outputs). ``params.config`` holds the
-config keys the report reads. Named outputs are the report's files; ``segmentation_figures`` holds Figs. 6 and 7 (or nothing).
+config keys the report reads. Named outputs are the report's files; ``segmentation_figures`` holds Figs. 6
+and 7 (or nothing).
 """
 
 from cellresdm.logs import step_logging
