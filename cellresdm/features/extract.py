@@ -97,7 +97,7 @@ def run_cellprofiler_chunk(
     pipeline = work / "features.cppipe"
     pipeline.write_text(make_measurement_pipeline(settings, measure=measure))
     runner = CellProfilerRunner(resolve_cellprofiler(cellprofiler), pipeline, log or _LOG, None)
-    return _measure_chunk(runner, work, 0, np.asarray(images), list(ids), work / "features")
+    return _measure_chunk(runner, work, 0, np.asarray(images), list(ids), work / "exports")
 
 
 def _sort_columns(table: pd.DataFrame) -> pd.DataFrame:
