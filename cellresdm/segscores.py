@@ -217,7 +217,7 @@ def score_source(
     pred = open_instances(pred_path, columns=PAIR_KEYS)
     labels = truth["labels"]
     n, _, h, w = labels.shape
-    arrays = {obj: pred.arrays[obj] for obj in layout.OBJECT_CHANNELS if obj in pred.arrays}
+    arrays = pred.arrays  # nuclei before cells
     if "nuclei" not in arrays:
         raise CellResDMError(f"{pred_path}: instance store lacks array 'nuclei'")
     for obj, arr in arrays.items():

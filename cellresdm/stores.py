@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -130,16 +130,16 @@ def _images(
 
 
 @dataclass(frozen=True, eq=False)
-class _Store:
+class Store:
     """A checked store: its path, the arrays that were asked for (lazy zarr arrays: ``store["if"][i]`` reads one
-    field), the root attributes and the field table (row i describes field i)."""
+    field), the root attributes and the field table (row i describes field i). Made by the ``open_*`` functions."""
 
     path: Path
     arrays: dict[str, zarr.Array]
     attrs: dict[str, Any]
     fields: pd.DataFrame
 
-    kind = "store"
+    kind: ClassVar[str] = "store"
 
     def __getitem__(self, name: str) -> zarr.Array:
         if name not in self.arrays:
@@ -152,7 +152,9 @@ class _Store:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(H, W) of the fields."""
+        """(H, W) of the fields (of the opened arrays, which share it)."""
+        if not self.arrays:
+            raise ValueError(f"{self.path}: no array was opened, so the field size is unknown")
         return tuple(next(iter(self.arrays.values())).shape[-2:])
 
     def attr(self, name: str) -> Any:
@@ -162,7 +164,7 @@ class _Store:
         return self.attrs[name]
 
 
-def _check_rows(store: _Store) -> None:
+def _check_rows(store: Store) -> None:
     n = next(iter(store.arrays.values())).shape[0] if store.arrays else len(store.fields)
     if n != len(store.fields):
         raise _error(
@@ -171,10 +173,10 @@ def _check_rows(store: _Store) -> None:
 
 
 @dataclass(frozen=True, eq=False)
-class DatasetStore(_Store):
+class DatasetStore(Store):
     """A dataset split ``datasets/{split}.zarr`` (see the module docstring)."""
 
-    kind = "dataset"
+    kind: ClassVar[str] = "dataset"
 
     def norm(self) -> pd.DataFrame:
         """The normalisation table: scope, plate, field, index, channel, low, high (one row per plate or image
@@ -183,18 +185,18 @@ class DatasetStore(_Store):
 
 
 @dataclass(frozen=True, eq=False)
-class PredictionStore(_Store):
+class PredictionStore(Store):
     """The predictions of one method ``predictions/{method}/{split}.zarr`` (see the module docstring)."""
 
-    kind = "prediction store"
+    kind: ClassVar[str] = "prediction store"
 
 
 @dataclass(frozen=True, eq=False)
-class InstanceStore(_Store):
+class InstanceStore(Store):
     """Instance labels of one source ``segmentation/{source}_instances.zarr``: ``arrays`` holds ``nuclei``
     and/or ``cells`` (N, H, W) int32 (the names in attrs ``objects``, in :data:`layout.OBJECT_CHANNELS` order)."""
 
-    kind = "instance store"
+    kind: ClassVar[str] = "instance store"
 
     @property
     def source(self) -> str:
@@ -277,7 +279,7 @@ def open_instances(path: str | os.PathLike, columns: Sequence[str] = ()) -> Inst
             path, f"{kind} attribute 'objects' must list some of {list(layout.OBJECT_CHANNELS)}, got {objects!r}"
         )
     arrays = {}
-    for name in objects:
+    for name in (o for o in layout.OBJECT_CHANNELS if o in objects):
         array = _array(root, path, kind, name, "(N, H, W) int32", 3)
         if array.dtype != np.int32:
             raise _error(path, f"{kind} array '{name}' must be (N, H, W) int32, got {array.dtype}")
@@ -297,7 +299,7 @@ class _Writer:
     """A store being written in a temporary directory: arrays are filled field by field, then :meth:`finish`
     writes the field table and the attributes. The store appears at its path only when finished."""
 
-    kind = "store"
+    kind: ClassVar[str] = "store"
 
     def __init__(self, tmp: Path, target: Path):
         self.tmp, self.target = tmp, target
@@ -309,8 +311,8 @@ class _Writer:
         # one field per chunk: readers and parallel writers touch one field at a time
         self.arrays[name] = self.root.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype=dtype, fill_value=0)
 
-    def _write_fields(self, fields: pd.DataFrame | _Store) -> None:
-        if isinstance(fields, _Store):
+    def _write_fields(self, fields: pd.DataFrame | Store) -> None:
+        if isinstance(fields, Store):
             # a store's table is copied byte for byte
             shutil.copyfile(fields.path / _FIELDS, self.tmp / _FIELDS)
         else:
@@ -334,7 +336,7 @@ def _writing(path: str | os.PathLike, make: type[_Writer], *args: Any) -> Iterat
 class DatasetWriter(_Writer):
     """Writes a dataset store; made by :func:`create_dataset`."""
 
-    kind = DatasetStore.kind
+    kind: ClassVar[str] = DatasetStore.kind
 
     def __init__(self, tmp: Path, target: Path, n: int, shape: tuple[int, int]):
         super().__init__(tmp, target)
@@ -360,7 +362,7 @@ class DatasetWriter(_Writer):
 class PredictionWriter(_Writer):
     """Writes a prediction store; made by :func:`create_predictions`."""
 
-    kind = PredictionStore.kind
+    kind: ClassVar[str] = PredictionStore.kind
 
     def __init__(self, tmp: Path, target: Path, n: int, shape: tuple[int, int], with_std: bool):
         super().__init__(tmp, target)
@@ -369,11 +371,28 @@ class PredictionWriter(_Writer):
             if with_std or not name.endswith("_std"):
                 self._create(name, (n, channels, *shape), "uint8" if name == "boundaries_binary" else "float16")
 
-    def write_field(self, index: int, **arrays: np.ndarray) -> None:
-        """Store field ``index`` of the named arrays, e.g. ``if_=`` (5, H, W), ``boundaries=`` (2, H, W) (``if_``
-        stands for ``if``)."""
-        for name, value in arrays.items():
-            self.arrays["if" if name == "if_" else name][index] = value
+    def write_field(
+        self,
+        index: int,
+        if_: np.ndarray | None = None,
+        boundaries: np.ndarray | None = None,
+        boundaries_binary: np.ndarray | None = None,
+        if_std: np.ndarray | None = None,
+        boundaries_std: np.ndarray | None = None,
+    ) -> None:
+        """Store the given arrays of field ``index``: ``if_`` and ``if_std`` (5, H, W), ``boundaries``,
+        ``boundaries_binary`` and ``boundaries_std`` (2, H, W); the ``*_std`` arrays only in a store created
+        ``with_std``."""
+        given = {
+            "if": if_,
+            "boundaries": boundaries,
+            "boundaries_binary": boundaries_binary,
+            "if_std": if_std,
+            "boundaries_std": boundaries_std,
+        }
+        for name, value in given.items():
+            if value is not None:
+                self.arrays[name][index] = value
 
     def finish(self, fields: pd.DataFrame, attrs: Mapping[str, Any]) -> None:
         """Write the field table (one row per field) and the root attributes."""
@@ -384,7 +403,7 @@ class PredictionWriter(_Writer):
 class InstanceWriter(_Writer):
     """Writes an instance store; made by :func:`create_instances`."""
 
-    kind = InstanceStore.kind
+    kind: ClassVar[str] = InstanceStore.kind
 
     def __init__(self, tmp: Path, target: Path, objects: Sequence[str], n: int, shape: tuple[int, int]):
         super().__init__(tmp, target)
@@ -392,12 +411,13 @@ class InstanceWriter(_Writer):
         for name in self.objects:
             self._create(name, (n, *shape), "int32")
 
-    def write_field(self, index: int, **labels: np.ndarray) -> None:
-        """Store field ``index`` of the named objects, e.g. ``nuclei=`` (H, W), ``cells=`` (H, W) labels."""
-        for name, value in labels.items():
-            self.arrays[name][index] = value
+    def write_field(self, index: int, nuclei: np.ndarray | None = None, cells: np.ndarray | None = None) -> None:
+        """Store the given (H, W) instance labels of field ``index`` (each object the store was created with)."""
+        for name, value in (("nuclei", nuclei), ("cells", cells)):
+            if value is not None:
+                self.arrays[name][index] = value
 
-    def finish(self, fields: pd.DataFrame | _Store, attrs: Mapping[str, Any]) -> None:
+    def finish(self, fields: pd.DataFrame | Store, attrs: Mapping[str, Any]) -> None:
         """Write the field table (a DataFrame, or the table of an opened store, copied byte for byte) and the
         root attributes, which must name the ``source`` and list the ``objects``."""
         if "source" not in attrs or list(attrs.get("objects", [])) != self.objects:
