@@ -144,7 +144,11 @@ def test_groundtruth_and_dataset(fields, downloaded, groundtruth_dir, tmp_path):
     plate = PlateInput(PLATE, "U2OS", fields, downloaded, groundtruth_dir)
     for scope, resize in (("plate", 512), ("image", None)):
         summary = build_dataset(
-            [plate], tmp_path / f"{scope}.zarr", NormSettings(scope=scope), resize=resize, progress=False
+            [plate],
+            tmp_path / f"{scope}.zarr",
+            NormSettings.from_config(section("dataset", {"norm_scope": scope})),
+            resize=resize,
+            progress=False,
         )
         record(
             f"dataset ({scope} norm, resize {resize})",

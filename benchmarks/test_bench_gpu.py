@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from cellresdm.config import validate_config
+from cellresdm.config import section, validate_config
 from cellresdm.methods import build_method
 from cellresdm.sample import SampleSettings, cuda_precision, device_name, predict_field
 from cellresdm.train import Trainer, TrainSettings
@@ -88,7 +88,9 @@ def time_sampling(method, mode: str) -> tuple[float, float, float, float]:
         batch8 = torch.rand(8, 3, 512, 512, device=device)
         per_image = cuda_timed(lambda: method.sample(batch8, generator=cuda_gen()), repeats=2) / 8
         field = torch.rand(3, 1080, 1080)
-        settings = SampleSettings(tile=512, overlap=64, batch_size=4, precision=mode)
+        settings = SampleSettings.from_config(
+            section("sample", {"tile": 512, "overlap": 64, "batch_size": 4, "precision": mode})
+        )
         whole = cuda_timed(
             lambda: predict_field(method, field, settings, torch.Generator().manual_seed(0), device), repeats=1
         )

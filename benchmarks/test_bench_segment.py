@@ -25,7 +25,8 @@ from cellresdm import config as cfg
 from cellresdm import layout
 from cellresdm.groundtruth import GroundTruthSettings, run_cellprofiler
 from cellresdm.masks import boundaries_from_labels
-from cellresdm.segment import SegmentSettings, instances_from_boundaries, segment_predictions
+from cellresdm.segment import InstanceSettings, instances_from_boundaries
+from cellresdm.segment_step import segment_predictions
 from cellresdm.synth import Treatment, make_field
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +121,13 @@ def test_boundaries_to_instances_speed(synthetic_fields, tmp_path):
     root.create_array("boundaries", data=data, chunks=(1, 2, SIZE, SIZE))
     root.attrs.update({"method": "bench"})
     pd.DataFrame({"field": [f"f{i}" for i in range(len(data))]}).to_parquet(store / "fields.parquet")
-    summary = segment_predictions(store, tmp_path / "bench_instances.zarr", SegmentSettings(workers=2), progress=False)
+    summary = segment_predictions(
+        store,
+        tmp_path / "bench_instances.zarr",
+        InstanceSettings.from_config(cfg.section("instances")),
+        workers=2,
+        progress=False,
+    )
     record(
         "segment_predictions (damaged)",
         f"{1 / summary['fields_per_second']:.3f} s/field",

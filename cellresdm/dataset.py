@@ -1,15 +1,15 @@
 """Datasets of kept fields (DESIGN.md section 5, stage ``dataset``) and the torch Dataset that reads them.
 
-``build_dataset`` writes one ``.zarr`` directory (zarr v3) per split::
+``build_dataset`` writes one dataset store (:mod:`cellresdm.stores`) per split::
 
     bf          (N, 3, H, W) float16 in [0, 1]   layout.BF_CHANNELS (in-focus Brightfield, HighZBF, LowZBF)
     if          (N, 5, H, W) float16 in [0, 1]   layout.IF_CHANNELS
     boundaries  (N, 2, H, W) uint8 0/1           layout.OBJECT_CHANNELS (nuclei, cells)
     labels      (N, 2, H, W) uint16              instance labels
-    fields.parquet                               plate, cell_line, well, row, col, site, field, index
-    norm.parquet                                 the percentile values used per plate (or image) and channel
+    fields table                                 plate, cell_line, well, row, col, site, field, index
+    norm table                                   the percentile values used per plate (or image) and channel
 
-chunked one field per chunk; the root attributes record the settings. The directory is written beside the
+chunked one field per chunk; the root attributes record the settings. The store is written beside the
 target and renamed into place only when complete.
 """
 
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,9 @@ from tqdm.auto import tqdm
 from cellresdm import layout
 from cellresdm.errors import CellResDMError, ConfigError, ImageError
 from cellresdm.filters import histogram_percentiles, uint16_histogram
-from cellresdm.io import atomic_dir, read_tiff
+from cellresdm.io import read_tiff
 from cellresdm.masks import boundaries_from_labels
+from cellresdm.stores import DatasetStore, create_dataset, open_dataset
 
 _LOG = logging.getLogger(__name__)
 
@@ -53,17 +55,21 @@ class NormSettings:
         low, high: percentiles (0-100).
     """
 
-    scope: str = "plate"
-    low: float = 0.5
-    high: float = 99.5
+    scope: str
+    low: float
+    high: float
 
-    def validate(self) -> None:
-        if self.scope not in ("plate", "image"):
-            raise ConfigError(f"dataset norm scope must be 'plate' or 'image', got {self.scope!r}")
-        if not 0.0 <= self.low < self.high <= 100.0:
-            raise ConfigError(
-                f"dataset norm percentiles must satisfy 0 <= low < high <= 100, got low={self.low}, high={self.high}"
-            )
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ConfigError(f"dataset.norm_low ({self.low}) must be below dataset.norm_high ({self.high})")
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> NormSettings:
+        """Settings from the validated ``dataset`` config section (:func:`cellresdm.config.section`)."""
+        try:
+            return cls(scope=section["norm_scope"], low=section["norm_low"], high=section["norm_high"])
+        except KeyError as exc:
+            raise ConfigError(f"config key 'dataset.{exc.args[0]}' is missing (pass a validated section)") from None
 
 
 @dataclass
@@ -225,7 +231,6 @@ def build_dataset(
     Returns:
         Summary: n_fields, seconds, fields_per_s, shape (N, H, W of the stored fields), source_shape, out.
     """
-    norm.validate()
     log = log or _LOG
     if resize is not None and (not isinstance(resize, int | np.integer) or resize < 1):
         raise ConfigError(f"dataset resize must be a positive int or None, got {resize!r}")
@@ -247,46 +252,32 @@ def build_dataset(
     h, w = (resize, resize) if resize is not None else src_shape
     qs = (norm.low, norm.high)
 
-    with atomic_dir(out) as tmp:
-        # Plate scope: exact percentiles from per-field uint16 histograms summed over the plate.
-        plate_stats: dict[str, np.ndarray] = {}
-        if norm.scope == "plate":
-            hists = {p: np.zeros((len(_CHANNELS), 65536), dtype=np.int64) for p in dict.fromkeys(names)}
-            lock = threading.Lock()
+    # Plate scope: exact percentiles from per-field uint16 histograms summed over the plate.
+    plate_stats: dict[str, np.ndarray] = {}
+    if norm.scope == "plate":
+        hists = {p: np.zeros((len(_CHANNELS), 65536), dtype=np.int64) for p in dict.fromkeys(names)}
+        lock = threading.Lock()
 
-            def accumulate(f: _Field) -> None:
-                imgs = _read_images(f, src_shape)
-                local = np.stack([uint16_histogram(img) for img in imgs])
-                with lock:
-                    hists[f.plate] += local
+        def accumulate(f: _Field) -> None:
+            imgs = _read_images(f, src_shape)
+            local = np.stack([uint16_histogram(img) for img in imgs])
+            with lock:
+                hists[f.plate] += local
 
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in tqdm(
-                    pool.map(accumulate, fields),
-                    total=n,
-                    desc="dataset stats",
-                    unit="field",
-                    disable=not progress,
-                ):
-                    pass
-            for plate, hist in hists.items():
-                if hist.sum():
-                    plate_stats[plate] = np.stack([histogram_percentiles(hc, qs) for hc in hist])
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in tqdm(
+                pool.map(accumulate, fields),
+                total=n,
+                desc="dataset stats",
+                unit="field",
+                disable=not progress,
+            ):
+                pass
+        for plate, hist in hists.items():
+            if hist.sum():
+                plate_stats[plate] = np.stack([histogram_percentiles(hc, qs) for hc in hist])
 
-        import zarr
-
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        # (channels, dtype) of every array; one field per chunk
-        specs = {
-            "bf": (len(layout.BF_CHANNELS), "float16"),
-            "if": (_N_IF, "float16"),
-            "boundaries": (len(layout.OBJECT_CHANNELS), "uint8"),
-            "labels": (len(layout.OBJECT_CHANNELS), "uint16"),
-        }
-        arrays = {
-            name: root.create_array(name, shape=(n, c, h, w), chunks=(1, c, h, w), dtype=dtype, fill_value=0)
-            for name, (c, dtype) in specs.items()
-        }
+    with create_dataset(out, n, (h, w)) as writer:
         image_stats: dict[int, np.ndarray] = {}
 
         def process(f: _Field) -> None:
@@ -303,10 +294,7 @@ def build_dataset(
                 labels = np.stack([_resize_labels(lab, resize) for lab in labels])
             bounds = np.stack([boundaries_from_labels(lab, boundary_thickness) for lab in labels]).astype(np.uint8)
             stack = np.stack(chans).astype(np.float16)
-            arrays["if"][f.index] = stack[:_N_IF]
-            arrays["bf"][f.index] = stack[_N_IF:]
-            arrays["boundaries"][f.index] = bounds
-            arrays["labels"][f.index] = labels
+            writer.write_field(f.index, bf=stack[_N_IF:], if_=stack[:_N_IF], boundaries=bounds, labels=labels)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for _ in tqdm(pool.map(process, fields), total=n, desc="dataset write", unit="field", disable=not progress):
@@ -324,7 +312,6 @@ def build_dataset(
                 "index": [f.index for f in fields],
             }
         )
-        fields_df.to_parquet(tmp / "fields.parquet", index=False)
         rows = []
         if norm.scope == "plate":
             for plate, stats in plate_stats.items():
@@ -335,8 +322,9 @@ def build_dataset(
                 for ch, (lo, hi) in zip(_CHANNELS, image_stats[f.index], strict=True):
                     rows.append(("image", f.plate, f.field, f.index, ch, float(lo), float(hi)))
         norm_df = pd.DataFrame(rows, columns=["scope", "plate", "field", "index", "channel", "low", "high"])
-        norm_df.to_parquet(tmp / "norm.parquet", index=False)
-        root.attrs.update(
+        writer.finish(
+            fields_df,
+            norm_df,
             {
                 "format": "cellresdm-dataset-1",
                 "scope": norm.scope,
@@ -351,7 +339,7 @@ def build_dataset(
                 "shape": [h, w],
                 "n_fields": n,
                 "plates": names,
-            }
+            },
         )
     seconds = time.perf_counter() - t0
     rate = n / seconds if seconds > 0 else float("inf")
@@ -377,7 +365,7 @@ class CellPaintingDataset(torch.utils.data.Dataset):
     in [0, 1], ``labels`` (2, h, w) int64 and ``index`` (int). The same crop and transform apply to every
     array. Randomness comes from a generator seeded by (seed, epoch, index): call :meth:`set_epoch` each
     epoch (with ``persistent_workers`` DataLoaders the workers keep their own copy, so recreate those).
-    The zarr store is opened lazily in each process, so DataLoader workers do not share handles.
+    The store is opened lazily in each process, so DataLoader workers do not share handles.
     """
 
     def __init__(self, path: str | Path, crop_size: int | None = 256, flips: bool = True, seed: int = 0):
@@ -386,24 +374,14 @@ class CellPaintingDataset(torch.utils.data.Dataset):
         self.flips = flips
         self.seed = int(seed)
         self.epoch = 0
-        if not self.path.is_dir():
-            raise CellResDMError(f"dataset {self.path} does not exist (build it with build_dataset)")
-        import zarr
-
-        try:
-            root = zarr.open_group(str(self.path), mode="r")
-            shapes = {name: tuple(root[name].shape) for name in ("bf", "if", "boundaries", "labels")}
-        except Exception as exc:  # zarr raises several types for a missing array or bad metadata
-            raise CellResDMError(f"dataset {self.path} is not a readable CellResDM zarr: {exc}") from exc
-        self._n, _, self.height, self.width = shapes["bf"]
-        for name, shape in shapes.items():
-            if shape[0] != self._n or shape[2:] != (self.height, self.width):
-                raise CellResDMError(f"dataset {self.path}: array {name} has shape {shape}, bf has {shapes['bf']}")
+        store = open_dataset(self.path)
+        self._n = len(store)
+        self.height, self.width = store.shape
         if crop_size is not None and (crop_size < 1 or crop_size > min(self.height, self.width)):
             raise ValueError(
                 f"dataset {self.path}: crop_size {crop_size} does not fit its fields of {self.height}x{self.width}"
             )
-        self._root = None
+        self._store: DatasetStore | None = None
         self._pid: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -414,17 +392,15 @@ class CellPaintingDataset(torch.utils.data.Dataset):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_root"] = None
+        state["_store"] = None
         state["_pid"] = None
         return state
 
-    def _open(self):
-        if self._root is None or self._pid != os.getpid():
-            import zarr
-
-            self._root = zarr.open_group(str(self.path), mode="r")
+    def _open(self) -> DatasetStore:
+        if self._store is None or self._pid != os.getpid():
+            self._store = open_dataset(self.path)
             self._pid = os.getpid()
-        return self._root
+        return self._store
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)
@@ -432,7 +408,7 @@ class CellPaintingDataset(torch.utils.data.Dataset):
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError(f"dataset {self.path}: index {i} out of range for {self._n} fields")
-        root = self._open()
+        store = self._open()
         gen = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, i) & 0x7FFF_FFFF_FFFF_FFFF)
         if self.crop_size is None:
             ys, xs = slice(None), slice(None)
@@ -442,10 +418,10 @@ class CellPaintingDataset(torch.utils.data.Dataset):
             x0 = int(torch.randint(0, self.width - c + 1, (1,), generator=gen))
             ys, xs = slice(y0, y0 + c), slice(x0, x0 + c)
         item = {
-            "bf": torch.from_numpy(np.asarray(root["bf"][i, :, ys, xs], dtype=np.float32)),
-            "if": torch.from_numpy(np.asarray(root["if"][i, :, ys, xs], dtype=np.float32)),
-            "boundaries": torch.from_numpy(np.asarray(root["boundaries"][i, :, ys, xs], dtype=np.float32)),
-            "labels": torch.from_numpy(np.asarray(root["labels"][i, :, ys, xs], dtype=np.int64)),
+            "bf": torch.from_numpy(np.asarray(store["bf"][i, :, ys, xs], dtype=np.float32)),
+            "if": torch.from_numpy(np.asarray(store["if"][i, :, ys, xs], dtype=np.float32)),
+            "boundaries": torch.from_numpy(np.asarray(store["boundaries"][i, :, ys, xs], dtype=np.float32)),
+            "labels": torch.from_numpy(np.asarray(store["labels"][i, :, ys, xs], dtype=np.int64)),
         }
         if self.flips:
             hflip, vflip, k = (int(v) for v in torch.randint(0, 4, (3,), generator=gen))

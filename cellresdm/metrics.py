@@ -10,6 +10,8 @@ import pandas as pd
 from skimage.metrics import structural_similarity
 
 from cellresdm import layout
+from cellresdm.errors import CellResDMError
+from cellresdm.stores import open_dataset, open_predictions
 
 #: Name of the trivial reference prediction: the normalised in-focus BF plane copied into every IF channel.
 TRIVIAL = "bf_copy"
@@ -38,15 +40,13 @@ def image_quality(
         dataset: the split's ``datasets/{split}.zarr`` (real IF and BF).
         predictions: method name -> its ``predictions/{method}/{split}.zarr``.
     """
-    import zarr
-
     log = log or logging.getLogger("cellresdm")
-    real = zarr.open_group(str(dataset), mode="r")
-    fields = pd.read_parquet(Path(dataset) / "fields.parquet")
-    stores = {name: zarr.open_group(str(path), mode="r") for name, path in predictions.items()}
+    real = open_dataset(dataset, arrays=("bf", "if"))
+    fields = real.fields
+    stores = {name: open_predictions(path, arrays=("if",)) for name, path in predictions.items()}
     for name, store in stores.items():
         if store["if"].shape != real["if"].shape:
-            raise ValueError(
+            raise CellResDMError(
                 f"{predictions[name]}: predictions of shape {store['if'].shape} do not match the "
                 f"dataset {dataset} ({real['if'].shape})"
             )

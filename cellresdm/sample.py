@@ -14,22 +14,20 @@ import math
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from cellresdm import io, layout
-from cellresdm.errors import CellResDMError
+from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.methods.base import N_OUTPUT_CHANNELS, Method
-
-PRECISIONS = ("tf32", "fp32", "bf16")
+from cellresdm.stores import create_predictions, open_dataset
 
 
 @contextlib.contextmanager
@@ -49,23 +47,39 @@ def cuda_precision(device: torch.device, precision: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class SampleSettings:
-    tile: int = 256
-    overlap: int = 32
-    batch_size: int = 4
-    n_samples: int = 1
-    boundary_threshold: float = 0.5
-    seed: int = 0
-    #: CUDA arithmetic: ``tf32`` (TensorFloat-32 matmuls/convolutions, 2.6x float32 on an H100 for the paper
-    #: network), ``fp32`` or ``bf16`` (autocast). Ignored on the CPU, which always computes in float32.
-    precision: str = "tf32"
+    """Whole-field inference settings (config section ``sample``; the schema documents and checks each key).
 
-    def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise CellResDMError(f"sample.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if not 0 <= self.overlap < self.tile:
-            raise CellResDMError(f"sample.overlap must be in [0, sample.tile), got {self.overlap} and {self.tile}")
-        if self.n_samples < 1 or self.batch_size < 1:
-            raise CellResDMError("sample.n_samples and sample.batch_size must be >= 1")
+    Attributes:
+        tile: tile side in pixels; fields larger than a tile are sampled in overlapping tiles.
+        overlap: overlap of neighbouring tiles in pixels (cosine-blended), below ``tile``.
+        batch_size: tiles per forward pass.
+        n_samples: samples per field; above 1 the store also holds per-pixel standard deviations.
+        boundary_threshold: probability at which ``boundaries_binary`` is 1.
+        seed: seed of the noise generator.
+        precision: CUDA arithmetic: ``tf32`` (TensorFloat-32 matmuls/convolutions, 2.6x float32 on an H100 for
+            the paper network), ``fp32`` or ``bf16`` (autocast). Ignored on the CPU, which always computes in
+            float32.
+    """
+
+    tile: int
+    overlap: int
+    batch_size: int
+    n_samples: int
+    boundary_threshold: float
+    seed: int
+    precision: str
+
+    def __post_init__(self) -> None:
+        if not self.overlap < self.tile:
+            raise ConfigError(f"sample.overlap must be below sample.tile, got {self.overlap} and {self.tile}")
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> SampleSettings:
+        """Settings from the validated ``sample`` config section (:func:`cellresdm.config.section`)."""
+        try:
+            return cls(**{f.name: section[f.name] for f in fields(cls)})
+        except KeyError as exc:
+            raise ConfigError(f"config key 'sample.{exc.args[0]}' is missing (pass a validated section)") from None
 
 
 def tile_starts(size: int, tile: int, overlap: int, alignment: int = 1) -> list[int]:
@@ -167,40 +181,22 @@ def predict_dataset(
     progress: bool = True,
     log: logging.Logger | None = None,
 ) -> dict[str, Any]:
-    """Sample every field of a dataset split and write ``predictions/{method}/{split}.zarr``.
+    """Sample every field of a dataset split and write its prediction store (:mod:`cellresdm.stores`).
 
     The store holds ``if`` (N, 5, H, W) and ``boundaries`` (N, 2, H, W) as float16 in [0, 1] (boundary
     probabilities), ``boundaries_binary`` (N, 2, H, W) uint8 at ``boundary_threshold``, with ``n_samples > 1``
-    also ``if_std`` and ``boundaries_std`` (per-pixel standard deviation over the samples), and a copy of the
-    dataset's ``fields.parquet``. Returns the timing record, also written to ``benchmark_out`` as JSON.
+    also ``if_std`` and ``boundaries_std`` (per-pixel standard deviation over the samples), and the dataset's
+    field table. Returns the timing record, also written to ``benchmark_out`` as JSON.
     """
-    import zarr
-
-    settings.validate()
     log = log or logging.getLogger("cellresdm")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    source = zarr.open_group(str(dataset), mode="r")
-    n, _, height, width = source["bf"].shape
+    source = open_dataset(dataset, arrays=("bf",))
+    n, (height, width) = len(source), source.shape
     method.network.to(device).eval()
     generator = torch.Generator().manual_seed(settings.seed)
     seconds = 0.0
-    with io.atomic_dir(out) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        specs = {"if": len(layout.IF_CHANNELS), "boundaries": len(layout.OBJECT_CHANNELS)}
-        arrays = {}
-        for name, channels in specs.items():
-            kinds = [(name, "float16"), (f"{name}_std", "float16")] if settings.n_samples > 1 else [(name, "float16")]
-            if name == "boundaries":
-                kinds.append(("boundaries_binary", "uint8"))
-            for key, dtype in kinds:
-                arrays[key] = root.create_array(
-                    key,
-                    shape=(n, channels, height, width),
-                    chunks=(1, channels, height, width),
-                    dtype=dtype,
-                    fill_value=0,
-                )
-        n_if = specs["if"]
+    with create_predictions(out, n, (height, width), with_std=settings.n_samples > 1) as writer:
+        n_if = len(layout.IF_CHANNELS)
         for i in tqdm(range(n), desc=f"sample {method.name}", unit="field", disable=not progress):
             bf = torch.from_numpy(np.asarray(source["bf"][i], dtype=np.float32))
             _sync(device)
@@ -210,13 +206,17 @@ def predict_dataset(
             seconds += time.perf_counter() - start
             mean = samples.mean(0).numpy()
             boundaries = mean[n_if:].astype(np.float16)
-            arrays["if"][i] = mean[:n_if].astype(np.float16)
-            arrays["boundaries"][i] = boundaries
-            arrays["boundaries_binary"][i] = (boundaries >= settings.boundary_threshold).astype(np.uint8)
+            writer.write_field(
+                i,
+                if_=mean[:n_if].astype(np.float16),
+                boundaries=boundaries,
+                boundaries_binary=(boundaries >= settings.boundary_threshold).astype(np.uint8),
+            )
             if settings.n_samples > 1:
                 std = samples.std(0, unbiased=False).numpy()
-                arrays["if_std"][i] = std[:n_if].astype(np.float16)
-                arrays["boundaries_std"][i] = std[n_if:].astype(np.float16)
+                writer.write_field(
+                    i, if_std=std[:n_if].astype(np.float16), boundaries_std=std[n_if:].astype(np.float16)
+                )
         record = {
             "method": method.name,
             "fields": int(n),
@@ -232,15 +232,15 @@ def predict_dataset(
             "device": device_name(device),
             "precision": settings.precision if device.type == "cuda" else "fp32",
         }
-        root.attrs.update(
+        writer.finish(
+            source.fields,
             {
                 "method": method.name,
                 "channels_if": list(layout.IF_CHANNELS),
                 "channels_boundaries": list(layout.OBJECT_CHANNELS),
                 "sampling": record,
-            }
+            },
         )
-        pd.read_parquet(Path(dataset) / "fields.parquet").to_parquet(tmp / "fields.parquet", index=False)
     if benchmark_out is not None:
         io.write_text(benchmark_out, json.dumps(record, indent=2) + "\n")
     log.info(

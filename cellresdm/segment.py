@@ -1,4 +1,4 @@
-"""Predicted boundaries to instance labels, and the shared instance store (DESIGN.md section 5, segmentation).
+"""Predicted boundaries to instance labels (DESIGN.md section 5, stage ``segment``).
 
 Every image-generation method predicts two boundary channels per field (nuclei, cells) as probabilities in
 [0, 1]. The training targets are inner object outlines widened to a band (:func:`cellresdm.masks.
@@ -30,11 +30,8 @@ asks glibc to keep freed memory for reuse (:func:`_keep_freed_memory`): a field'
 and by default glibc returns them to the system after each field and faults them back in on the next,
 which costs ~40% more time.
 
-:func:`segment_predictions` runs this over a ``predictions/{method}/test.zarr`` store and writes the instance
-store that the StarDist baselines and the scoring share: a zarr v3 group with ``nuclei`` and/or ``cells``
-(N, H, W) int32 arrays (chunks (1, H, W)), attrs ``source``, ``objects``, ``seconds_per_field``,
-``settings``, and a copy of the predictions' ``fields.parquet`` (:func:`write_instances`,
-:func:`read_instances`).
+:mod:`cellresdm.segment_step` runs this over a prediction store and writes the instance store
+(:mod:`cellresdm.stores`).
 """
 
 from __future__ import annotations
@@ -42,29 +39,18 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
-import logging
-import os
-import shutil
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import pandas as pd
 from skimage.measure import grid_points_in_poly
 from skimage.segmentation import watershed
-from tqdm import tqdm
 
-from cellresdm import io, layout
+from cellresdm.config import section
 from cellresdm.errors import CellResDMError, ConfigError
 
-#: Name of the field table inside prediction and instance stores.
-FIELDS_FILE = "fields.parquet"
-
-# fields run in parallel threads (segment_predictions); OpenCV's own thread pool would oversubscribe the cores
+# fields run in parallel threads (cellresdm.segment_step); OpenCV's own thread pool would oversubscribe the cores
 cv2.setNumThreads(1)
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -75,10 +61,11 @@ _EDGE_MIDPOINTS = np.array([[-0.5, 0], [0.5, 0], [0, -0.5], [0, 0.5]], dtype=np.
 
 
 @dataclass(frozen=True)
-class SegmentSettings:
-    """How boundary predictions become instances. Lengths and areas are in pixels of the predicted fields;
-    the defaults fit 0.6 um/px (the gallery's 20x fields, 256-1080 px); divide areas by 4.6 and lengths by
-    2.1 for fields resized 1080 -> 512.
+class InstanceSettings:
+    """How boundary predictions become instances (config section ``instances``; the schema holds the defaults
+    and checks each key). Lengths and areas are in pixels of the predicted fields; the defaults fit 0.6 um/px
+    (the gallery's 20x fields, 256-1080 px); divide areas by 4.6 and lengths by 2.1 for fields resized
+    1080 -> 512.
 
     Attributes:
         threshold: a pixel is boundary where its probability is >= threshold, in (0, 1).
@@ -103,78 +90,46 @@ class SegmentSettings:
             keeps them as cells numbered after the cells with a nucleus.
         split_cells: split a cell area holding several nuclei among them; False gives the area to the
             nucleus overlapping it most and leaves the other nuclei without a cell.
-        workers: fields segmented in parallel threads by :func:`segment_predictions` (numpy and OpenCV
-            release the GIL, so threads segment fields side by side).
     """
 
-    threshold: float = 0.5
-    nuclei_closing_radii: tuple[int, ...] = (4, 7)
-    cells_closing_radii: tuple[int, ...] = (3, 6)
-    min_enclosure: float = 0.7
-    min_nucleus_solidity: float = 0.9
-    hull_nuclei: bool = True
-    hull_gap: int = 5
-    hull_coverage: float = 0.5
-    grow: int = 3
-    min_nucleus_area: int = 50
-    max_nucleus_area: int = 6000
-    min_cell_area: int = 100
-    max_cell_area: int = 60000
-    background_border_fraction: float = 0.25
-    cells_need_nucleus: bool = True
-    split_cells: bool = True
-    workers: int = 2
+    threshold: float
+    nuclei_closing_radii: tuple[int, ...]
+    cells_closing_radii: tuple[int, ...]
+    min_enclosure: float
+    min_nucleus_solidity: float
+    hull_nuclei: bool
+    hull_gap: int
+    hull_coverage: float
+    grow: int
+    min_nucleus_area: int
+    max_nucleus_area: int
+    min_cell_area: int
+    max_cell_area: int
+    background_border_fraction: float
+    cells_need_nucleus: bool
+    split_cells: bool
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"segment.{name}: {why} (got {getattr(self, name)!r})")
-
-        def is_int(value: Any) -> bool:
-            return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-        def is_number(value: Any) -> bool:
-            return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-        if not (is_number(self.threshold) and 0 < self.threshold < 1):
-            raise bad("threshold", "must be a number in (0, 1)")
-        if not (is_number(self.background_border_fraction) and 0 < self.background_border_fraction <= 1):
-            raise bad("background_border_fraction", "must be a number in (0, 1]")
-        for name in ("min_enclosure", "min_nucleus_solidity", "hull_coverage"):
-            if not (is_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
-                raise bad(name, "must be a number in [0, 1]")
+        # checks the schema cannot express: radii increase, each maximum area exceeds its minimum
         for name in ("nuclei_closing_radii", "cells_closing_radii"):
             radii = getattr(self, name)
-            if not (
-                isinstance(radii, tuple)
-                and all(is_int(r) and r >= 1 for r in radii)
-                and all(a < b for a, b in zip(radii, radii[1:], strict=False))
-            ):
-                raise bad(name, "must be a list of increasing integers >= 1")
-        for name in ("grow", "hull_gap", "min_nucleus_area", "min_cell_area"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
-                raise bad(name, "must be an integer >= 0")
+            if not all(a < b for a, b in zip(radii, radii[1:], strict=False)):
+                raise ConfigError(f"segment.{name}: must increase (got {list(radii)})")
         for small, large in (("min_nucleus_area", "max_nucleus_area"), ("min_cell_area", "max_cell_area")):
-            if not (is_int(getattr(self, large)) and getattr(self, large) > getattr(self, small)):
-                raise bad(large, f"must be an integer > {small} ({getattr(self, small)})")
-        for name in ("hull_nuclei", "cells_need_nucleus", "split_cells"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "must be true or false")
-        if not (is_int(self.workers) and self.workers >= 1):
-            raise bad("workers", "must be an integer >= 1")
+            if not getattr(self, large) > getattr(self, small):
+                raise ConfigError(
+                    f"segment.{large}: must be > segment.{small} ({getattr(self, small)}) (got {getattr(self, large)})"
+                )
 
     @classmethod
-    def from_config(cls, section: dict | None) -> SegmentSettings:
-        """Settings from the ``segment`` config section (keys named like the attributes, lists for the
-        radii); None gives the defaults. Unknown keys and invalid values raise ConfigError naming the key."""
-        if section is None:
-            return cls()
-        if not isinstance(section, dict):
-            raise ConfigError(f"segment: expected a mapping of settings, got {type(section).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(f'segment.{k}' for k in unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
+    def from_config(cls, section: dict[str, Any]) -> InstanceSettings:
+        """Settings from the validated ``segment`` config section (:func:`cellresdm.config.section`); lists
+        become tuples."""
+        try:
+            values = {f.name: section[f.name] for f in dataclasses.fields(cls)}
+        except KeyError as exc:
+            raise ConfigError(f"config key 'segment.{exc.args[0]}' is missing (pass a validated section)") from None
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings (tuples as lists), as stored in the instance store's attrs."""
@@ -182,6 +137,12 @@ class SegmentSettings:
 
 
 # ----------------------------------------------------------------------------------------------- one field
+
+
+@functools.cache
+def _default_settings() -> InstanceSettings:
+    """Settings of config section ``instances`` with every key at the schema's default."""
+    return InstanceSettings.from_config(section("instances"))
 
 
 @functools.cache
@@ -462,7 +423,7 @@ def _octagon_pixels(lo: np.ndarray, hi: np.ndarray, ids: np.ndarray) -> np.ndarr
     return np.bincount(which, weights=np.maximum(last - first + 1, 0), minlength=ids.size)
 
 
-def _hull_nuclei(nuclei: np.ndarray, n: int, band: np.ndarray, settings: SegmentSettings) -> tuple[np.ndarray, int]:
+def _hull_nuclei(nuclei: np.ndarray, n: int, band: np.ndarray, settings: InstanceSettings) -> tuple[np.ndarray, int]:
     """Add nuclei whose outline is still open (C-shaped), in place: boundary arcs that belong to no nucleus
     are grouped (arcs within ``hull_gap`` px form one outline), and the convex hull of an outline becomes a
     nucleus when the arcs cover at least ``hull_coverage`` of the hull's rim (a ring open on one side, not a
@@ -545,7 +506,7 @@ def _cells_from_areas(
     nucleus_pixels: np.ndarray,
     nucleus_at: np.ndarray,
     cell_probability: np.ndarray,
-    settings: SegmentSettings,
+    settings: InstanceSettings,
 ) -> np.ndarray:
     """Cell areas in the id space of the nuclei, (H, W) labels: the area holding nucleus k becomes k (split
     among its nuclei when it holds several); areas without a nucleus are dropped, or numbered
@@ -583,7 +544,7 @@ def _cells_from_areas(
 def instances_from_boundaries(
     nuclei_boundary: np.ndarray,
     cell_boundary: np.ndarray,
-    settings: SegmentSettings | None = None,
+    settings: InstanceSettings | None = None,
     field: str = "field",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nuclei and cell instance labels of one field from its predicted boundary probabilities.
@@ -591,7 +552,7 @@ def instances_from_boundaries(
     Args:
         nuclei_boundary: (H, W) nucleus-boundary probability in [0, 1] (any real or bool dtype).
         cell_boundary: (H, W) cell-boundary probability in [0, 1].
-        settings: segmentation settings (default :class:`SegmentSettings`).
+        settings: segmentation settings (default: the schema's defaults of config section ``instances``).
         field: name of the field in error messages.
 
     Returns:
@@ -603,7 +564,7 @@ def instances_from_boundaries(
         CellResDMError: naming ``field``, for an input that is not a non-empty 2-D numeric array, shapes
             that differ, or NaN/inf pixels.
     """
-    settings = settings or SegmentSettings()
+    settings = settings or _default_settings()
     _keep_freed_memory()
     nuc_p = _check_boundary(nuclei_boundary, "nuclei", field)
     cell_p = _check_boundary(cell_boundary, "cell", field)
@@ -656,252 +617,3 @@ def instances_from_boundaries(
     extra = np.flatnonzero(keep[n + 1 :]) + n + 1
     new_id[extra] = n + 1 + np.arange(extra.size, dtype=np.int32)
     return nuclei, np.take(new_id, cells)
-
-
-# ----------------------------------------------------------------------------------------------- instance store
-
-
-def _store_error(path: Path, why: str) -> CellResDMError:
-    return CellResDMError(f"{path}: {why}")
-
-
-def _read_fields(store: Path) -> pd.DataFrame:
-    """The field table of a store; CellResDMError naming it when missing or unreadable."""
-    path = store / FIELDS_FILE
-    if not path.is_file():
-        raise _store_error(store, f"{FIELDS_FILE} is missing")
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise _store_error(store, f"unreadable {FIELDS_FILE} ({type(exc).__name__}: {exc})") from exc
-
-
-def _create_arrays(root, objects: list[str], shape: tuple[int, int, int]) -> dict[str, Any]:
-    n, height, width = shape
-    return {
-        name: root.create_array(name, shape=(n, height, width), chunks=(1, height, width), dtype="int32", fill_value=0)
-        for name in objects
-    }
-
-
-def _objects_in_order(path: Path, names) -> list[str]:
-    """Object names of an instance store in the canonical order; CellResDMError naming ``path`` if unknown."""
-    unknown = sorted(set(names) - set(layout.OBJECT_CHANNELS))
-    if unknown:
-        raise _store_error(path, f"instance arrays must be named from {list(layout.OBJECT_CHANNELS)}, got {unknown}")
-    objects = [name for name in layout.OBJECT_CHANNELS if name in names]
-    if not objects:
-        raise _store_error(path, f"an instance store needs at least one of {list(layout.OBJECT_CHANNELS)}")
-    return objects
-
-
-def write_instances(
-    out: str | os.PathLike,
-    source: str,
-    arrays: dict[str, np.ndarray],
-    fields: pd.DataFrame,
-    attrs: dict[str, Any] | None = None,
-) -> Path:
-    """Write an instance store atomically (replacing an older one).
-
-    Args:
-        out: the store, e.g. ``results/segmentation/{source}_instances.zarr``.
-        source: the method or baseline that made the instances (attrs ``source``).
-        arrays: {"nuclei": (N, H, W), "cells": (N, H, W)} integer labels (one or both), written as int32.
-        fields: the field table of the N fields (row i describes field i), saved as ``fields.parquet``.
-        attrs: further attributes, e.g. ``seconds_per_field`` (float) and ``settings`` (dict).
-
-    Returns:
-        The store's path.
-    """
-    import zarr
-
-    out = Path(out)
-    objects = _objects_in_order(out, arrays)
-    shapes = {name: np.shape(arrays[name]) for name in objects}
-    first = shapes[objects[0]]
-    if len(first) != 3 or any(s != first for s in shapes.values()):
-        raise _store_error(out, f"instance arrays must all be (N, H, W) of one shape, got {shapes}")
-    if first[0] != len(fields):
-        raise _store_error(out, f"{first[0]} label images but {len(fields)} rows in the field table")
-    for name in objects:
-        a = np.asarray(arrays[name])
-        if not np.issubdtype(a.dtype, np.integer) or (a.size and (a.min() < 0 or a.max() > np.iinfo(np.int32).max)):
-            raise _store_error(out, f"'{name}' must hold non-negative int32 labels, got {a.dtype}")
-    with io.atomic_dir(out) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for name, target in _create_arrays(root, objects, first).items():
-            target[...] = np.asarray(arrays[name], dtype=np.int32)
-        root.attrs.update({**(attrs or {}), "source": source, "objects": objects})
-        fields.to_parquet(tmp / FIELDS_FILE, index=False)
-    return out
-
-
-def read_instances(
-    path: str | os.PathLike, lazy: bool = False
-) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, Any]]:
-    """Read and check an instance store written by :func:`write_instances` or :func:`segment_predictions`.
-
-    Args:
-        path: the store.
-        lazy: return zarr arrays (read a field at a time with ``a[i]``) instead of numpy arrays.
-
-    Returns:
-        ({object: (N, H, W) int32} for each name in attrs ``objects``, field table, attrs).
-
-    Raises:
-        CellResDMError: naming the store, when it is missing or unreadable, lacks a listed array or the field
-            table, or its arrays differ in shape, are not int32, or do not match the field table's length.
-    """
-    import zarr
-
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise _store_error(path, "instance store is missing (no zarr.json)")
-    try:
-        root = zarr.open_group(str(path), mode="r")
-        attrs = dict(root.attrs)
-    except Exception as exc:  # zarr raises several types for corrupt metadata
-        raise _store_error(path, f"unreadable instance store ({type(exc).__name__}: {exc})") from exc
-    objects = attrs.get("objects")
-    if not isinstance(objects, list) or not objects or not set(objects) <= set(layout.OBJECT_CHANNELS):
-        raise _store_error(path, f"attrs 'objects' must list some of {list(layout.OBJECT_CHANNELS)}, got {objects!r}")
-    if "source" not in attrs:
-        raise _store_error(path, "attrs 'source' is missing")
-    fields = _read_fields(path)
-    arrays: dict[str, Any] = {}
-    for name in objects:
-        try:
-            array = root[name]
-        except KeyError:
-            raise _store_error(path, f"array '{name}' listed in attrs 'objects' is missing") from None
-        if not isinstance(array, zarr.Array) or array.ndim != 3 or array.dtype != np.int32:
-            raise _store_error(path, f"'{name}' must be an (N, H, W) int32 array")
-        arrays[name] = array
-    shapes = {name: tuple(a.shape) for name, a in arrays.items()}
-    if len(set(shapes.values())) != 1:
-        raise _store_error(path, f"instance arrays differ in shape: {shapes}")
-    n = next(iter(shapes.values()))[0]
-    if n != len(fields):
-        raise _store_error(path, f"{n} label images but {len(fields)} rows in {FIELDS_FILE}")
-    if not lazy:
-        try:
-            arrays = {name: array[...] for name, array in arrays.items()}
-        except Exception as exc:  # truncated or corrupt chunks
-            raise _store_error(path, f"unreadable label data ({type(exc).__name__}: {exc})") from exc
-    return arrays, fields, attrs
-
-
-def segment_predictions(
-    predictions: str | os.PathLike,
-    out: str | os.PathLike,
-    settings: SegmentSettings | None = None,
-    progress: bool = True,
-    log: logging.Logger | None = None,
-) -> dict[str, Any]:
-    """Segment every field of a prediction store and write its instance store.
-
-    Args:
-        predictions: ``predictions/{method}/test.zarr`` with ``boundaries`` (N, 2, H, W) probabilities
-            ([nuclei, cells]) and ``fields.parquet``; attrs ``method`` names the source (else the folder).
-        out: the instance store, e.g. ``results/segmentation/{method}_instances.zarr``, written atomically
-            with ``nuclei`` and ``cells`` (N, H, W) int32 and attrs ``source``, ``objects``,
-            ``seconds_per_field`` (mean time of :func:`instances_from_boundaries` per field, in its thread,
-            without I/O) and ``settings``.
-        settings: segmentation settings (``workers`` threads segment fields in parallel).
-        progress: show a progress bar.
-        log: logger (default ``cellresdm``).
-
-    Returns:
-        Summary: source, fields, image_size, seconds_per_field, fields_per_second (throughput with I/O and
-        threads), workers, mean_nuclei and mean_cells per field.
-
-    Raises:
-        CellResDMError: naming the store or field for a missing store, array or field table, a wrong shape,
-            or NaN in a prediction.
-    """
-    import zarr
-
-    settings = settings or SegmentSettings()
-    log = log or logging.getLogger("cellresdm")
-    predictions, out = Path(predictions), Path(out)
-    if not (predictions / "zarr.json").is_file():
-        raise _store_error(predictions, "prediction store is missing (no zarr.json)")
-    fields = _read_fields(predictions)
-    try:
-        root = zarr.open_group(str(predictions), mode="r")
-        boundaries = root["boundaries"]
-    except KeyError:
-        raise _store_error(predictions, "array 'boundaries' is missing") from None
-    except Exception as exc:  # zarr raises several types for corrupt metadata
-        raise _store_error(predictions, f"unreadable prediction store ({type(exc).__name__}: {exc})") from exc
-    n_objects = len(layout.OBJECT_CHANNELS)
-    if not isinstance(boundaries, zarr.Array) or boundaries.ndim != 4 or boundaries.shape[1] != n_objects:
-        raise _store_error(predictions, f"'boundaries' must be an (N, {n_objects}, H, W) array")
-    n, _, height, width = boundaries.shape
-    if n != len(fields):
-        raise _store_error(predictions, f"{n} fields in 'boundaries' but {len(fields)} rows in {FIELDS_FILE}")
-    source = str(root.attrs.get("method", predictions.parent.name))
-    names = [
-        f"{predictions} field {i}" + (f" ({fields['field'].iloc[i]})" if "field" in fields.columns else "")
-        for i in range(n)
-    ]
-    counts = np.zeros((n, 2), dtype=np.int64)
-    seconds = np.zeros(n)
-
-    start = time.perf_counter()
-    with io.atomic_dir(out) as tmp:
-        store = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        arrays = _create_arrays(store, list(layout.OBJECT_CHANNELS), (n, height, width))
-
-        def segment(i: int) -> None:
-            # each thread reads, segments and writes its own fields (one chunk each), so memory stays bounded
-            field = np.asarray(boundaries[i])
-            t0 = time.perf_counter()
-            nuclei, cells = instances_from_boundaries(field[0], field[1], settings, field=names[i])
-            seconds[i] = time.perf_counter() - t0
-            arrays["nuclei"][i] = nuclei
-            arrays["cells"][i] = cells
-            counts[i] = int(nuclei.max()), np.count_nonzero(np.bincount(cells.ravel())[1:])
-
-        pool = ThreadPoolExecutor(max_workers=settings.workers)
-        try:
-            with tqdm(total=n, desc=f"segment {source}", unit="field", disable=not progress) as bar:
-                for _ in pool.map(segment, range(n)):
-                    bar.update(1)
-        finally:
-            pool.shutdown(cancel_futures=True)  # after a bad field, do not segment the rest
-        wall = time.perf_counter() - start
-        summary = {
-            "source": source,
-            "fields": int(n),
-            "image_size": [int(height), int(width)],
-            "seconds_per_field": float(seconds.mean()) if n else 0.0,
-            "fields_per_second": n / wall if wall > 0 else 0.0,
-            "workers": settings.workers,
-            "mean_nuclei": float(counts[:, 0].mean()) if n else 0.0,
-            "mean_cells": float(counts[:, 1].mean()) if n else 0.0,
-        }
-        store.attrs.update(
-            {
-                "source": source,
-                "objects": list(layout.OBJECT_CHANNELS),
-                "seconds_per_field": summary["seconds_per_field"],
-                "settings": settings.to_dict(),
-            }
-        )
-        shutil.copyfile(predictions / FIELDS_FILE, tmp / FIELDS_FILE)
-    log.info(
-        "%s: %d fields of %dx%d segmented, %.3f s per field (%.1f fields/s with I/O, %d threads), "
-        "%.1f nuclei and %.1f cells per field",
-        source,
-        n,
-        height,
-        width,
-        summary["seconds_per_field"],
-        summary["fields_per_second"],
-        settings.workers,
-        summary["mean_nuclei"],
-        summary["mean_cells"],
-    )
-    return summary

@@ -6,7 +6,7 @@ boundaries) and ``stardist_bf`` / ``stardist_if`` (nuclei only). Each is an *ins
 
     nuclei          (N, H, W) int32   instance labels, 0 = background
     cells           (N, H, W) int32   optional
-    fields.parquet                    plate, cell_line, well, row, col, site, field, index (test dataset order)
+    field table                       plate, cell_line, well, row, col, site, field, index (test dataset order)
     attrs           {"source": str, "objects": [...], ...}
 
 The truth is the test split ``datasets/test.zarr`` with ``labels`` (N, 2, H, W) uint16 [nuclei, cells].
@@ -28,6 +28,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from cellresdm import layout
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import atomic_path, write_parquet
 from cellresdm.stats import paired_ttest
+from cellresdm.stores import open_dataset, open_instances
 
 _LOG = logging.getLogger("cellresdm")
 
@@ -98,6 +100,8 @@ FIG6_OTHERS: tuple[str, ...] = ("pix2pix",)
 FIG6_OBJECTS: tuple[str, ...] = ("nuclei", "cells")
 FIG7_OTHERS: tuple[str, ...] = ("stardist_bf", "stardist_if")
 FIG7_OBJECTS: tuple[str, ...] = ("nuclei",)
+FIG6_TITLE = "Fig. 6: segmentation of generated images"
+FIG7_TITLE = "Fig. 7: generated images vs StarDist"
 _SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Fixed colours keep a source's colour the same in every figure.
 _COLOURS = {"cellresdm": "#1f77b4", "pix2pix": "#ff7f0e", "stardist_bf": "#2ca02c", "stardist_if": "#d62728"}
@@ -105,37 +109,6 @@ _EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17bec
 
 
 # ------------------------------------------------------------------------------------------- input
-
-
-def _read_fields(path: Path, store: Path, columns: Sequence[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise CellResDMError(f"{path}: fields table of {store} is missing")
-    try:
-        fields = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise CellResDMError(f"{path}: unreadable fields table ({type(exc).__name__}: {exc})") from exc
-    missing = [c for c in columns if c not in fields.columns]
-    if missing:
-        raise CellResDMError(f"{path}: fields table lacks column(s) {', '.join(missing)}")
-    return fields.reset_index(drop=True)
-
-
-def _open_group(path: Path):
-    import zarr
-
-    try:
-        return zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # FileNotFoundError, or zarr's errors for a directory that is no group
-        raise CellResDMError(f"{path}: cannot open zarr store ({type(exc).__name__}: {exc})") from exc
-
-
-def _array(group, name: str, path: Path):
-    try:
-        return group[name]
-    except KeyError:
-        return None
-    except Exception as exc:
-        raise CellResDMError(f"{path}: unreadable array {name!r} ({type(exc).__name__}: {exc})") from exc
 
 
 def _fields_agree(truth: pd.DataFrame, pred: pd.DataFrame) -> bool:
@@ -220,10 +193,10 @@ def score_source(
     """stardist matching scores of one source's instances against the truth labels of the test split.
 
     Args:
-        truth_dataset: ``datasets/test.zarr`` with ``labels`` (N, 2, H, W) uint16 [nuclei, cells] and
-            ``fields.parquet``.
+        truth_dataset: ``datasets/test.zarr`` with ``labels`` (N, 2, H, W) uint16 [nuclei, cells] and its
+            field table.
         instances: the source's instances store (module docstring): ``nuclei`` (N, H, W) int32 and optionally
-            ``cells`` (N, H, W) int32, ``fields.parquet`` in the same order as the truth.
+            ``cells`` (N, H, W) int32, a field table in the same order as the truth.
         source: name written to the ``source`` column (and expected in the store's ``source`` attribute).
         taus: IoU thresholds in (0, 1].
         progress: show a progress bar over the images.
@@ -240,36 +213,27 @@ def score_source(
     _check_source_name(source)
     taus = _check_taus(taus)
     truth_path, pred_path = Path(truth_dataset), Path(instances)
-    truth, pred = _open_group(truth_path), _open_group(pred_path)
-    labels = _array(truth, "labels", truth_path)
-    if labels is None:
-        raise CellResDMError(f"{truth_path}: dataset has no 'labels' array")
-    if labels.ndim != 4 or labels.shape[1] != len(layout.OBJECT_CHANNELS):
-        raise CellResDMError(f"{truth_path}: 'labels' must be (N, 2, H, W), got {labels.shape}")
+    truth = open_dataset(truth_path, arrays=("labels",), columns=IMAGE_KEYS)
+    pred = open_instances(pred_path, columns=PAIR_KEYS)
+    labels = truth["labels"]
     n, _, h, w = labels.shape
-    arrays = {obj: _array(pred, obj, pred_path) for obj in layout.OBJECT_CHANNELS}
-    arrays = {obj: a for obj, a in arrays.items() if a is not None}
+    arrays = pred.arrays  # nuclei before cells
     if "nuclei" not in arrays:
-        raise CellResDMError(f"{pred_path}: instances store has no 'nuclei' array")
+        raise CellResDMError(f"{pred_path}: instance store lacks array 'nuclei'")
     for obj, arr in arrays.items():
         if tuple(arr.shape) != (n, h, w):
             raise CellResDMError(
                 f"{pred_path}: {obj} instances of shape {tuple(arr.shape)} do not match the truth labels "
                 f"of {truth_path} ({n}, {h}, {w})"
             )
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise CellResDMError(f"{pred_path}: {obj} instances must be integer labels, got {arr.dtype}")
-    attrs = dict(pred.attrs)
-    if attrs.get("source", source) != source:
-        _LOG.warning("%s: store says source %r, scored as %r", pred_path, attrs["source"], source)
-    truth_fields = _read_fields(truth_path / "fields.parquet", truth_path, IMAGE_KEYS)
-    pred_fields = _read_fields(pred_path / "fields.parquet", pred_path, PAIR_KEYS)
-    if len(truth_fields) != n:
-        raise CellResDMError(f"{truth_path}: fields.parquet has {len(truth_fields)} rows for {n} images")
+    if pred.source != source:
+        _LOG.warning("%s: store says source %r, scored as %r", pred_path, pred.source, source)
+    truth_fields = truth.fields.reset_index(drop=True)
+    pred_fields = pred.fields.reset_index(drop=True)
     if not _fields_agree(truth_fields, pred_fields):
         raise CellResDMError(
-            f"fields of {pred_path / 'fields.parquet'} ({len(pred_fields)} rows) do not match "
-            f"{truth_path / 'fields.parquet'} ({len(truth_fields)} rows): plate, well and site must agree in order"
+            f"fields of {pred_path} ({len(pred_fields)} rows) do not match {truth_path} ({len(truth_fields)} rows): "
+            "plate, well and site must agree in order"
         )
 
     objects = list(arrays)
@@ -464,25 +428,28 @@ def plot_tau_curves(
 # ------------------------------------------------------------------------------------------- orchestration
 
 
-def output_paths(out_dir: str | os.PathLike, sources: Sequence[str]) -> dict:
-    """Paths :func:`write_scores` writes under ``out_dir`` (for the Snakemake rule's outputs).
+@dataclass(frozen=True)
+class ScoreOutputs:
+    """Files :func:`write_scores` writes.
 
-    Keys: ``tables`` (source -> ``{source}.parquet``), ``ttests``, ``summary``, ``fig6``, ``fig6_data``,
-    ``fig7``, ``fig7_data``.
+    Attributes:
+        tables: source -> its per-image and pooled scores (parquet, :func:`score_source`).
+        ttests: paired t-tests CSV (:func:`paired_ttests`).
+        summary: pooled scores at the t-test tau, CSV (:func:`summary_table`).
+        fig6, fig6_data: Fig. 6 PNG (reference vs pix2pix, nuclei and cells) and its curve data CSV.
+        fig7, fig7_data: Fig. 7 PNG (reference vs StarDist on BF and IF, nuclei) and its curve data CSV.
     """
-    out = Path(out_dir)
-    return {
-        "tables": {s: out / f"{s}.parquet" for s in sources},
-        "ttests": out / "segmentation_ttests.csv",
-        "summary": out / "segmentation_summary.csv",
-        "fig6": out / "fig6_segmentation.png",
-        "fig6_data": out / "fig6_segmentation.csv",
-        "fig7": out / "fig7_stardist.png",
-        "fig7_data": out / "fig7_stardist.csv",
-    }
+
+    tables: Mapping[str, str | os.PathLike]
+    ttests: str | os.PathLike
+    summary: str | os.PathLike
+    fig6: str | os.PathLike
+    fig6_data: str | os.PathLike
+    fig7: str | os.PathLike
+    fig7_data: str | os.PathLike
 
 
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
+def _write_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
@@ -498,18 +465,18 @@ def summary_table(tables: Mapping[str, pd.DataFrame], tau: float = 0.5) -> pd.Da
 def write_scores(
     truth_dataset: str | os.PathLike,
     instances: Mapping[str, str | os.PathLike],
-    out_dir: str | os.PathLike,
+    outputs: ScoreOutputs,
     reference: str = "cellresdm",
     taus: Sequence[float] = DEFAULT_TAUS,
     ttest_tau: float = 0.5,
     progress: bool = True,
-) -> dict:
-    """Score every source and write the tables and figures of :func:`output_paths`.
+) -> None:
+    """Score every source and write the tables and figures of ``outputs``.
 
-    Writes ``{source}.parquet`` (:func:`score_source`), ``segmentation_ttests.csv`` (:func:`paired_ttests` at
-    ``ttest_tau``), ``segmentation_summary.csv`` (:func:`summary_table` at ``ttest_tau``), Fig. 6 (reference vs
-    pix2pix, nuclei and cells) and Fig. 7 (reference vs StarDist on BF and IF, nuclei) as PNG plus their
-    :func:`figure_data` CSV. Sources a figure asks for but ``instances`` lacks are named in a note on the figure.
+    Writes each source's table (:func:`score_source`), the t-tests (:func:`paired_ttests` at ``ttest_tau``), the
+    summary (:func:`summary_table` at ``ttest_tau``), Fig. 6 (reference vs pix2pix, nuclei and cells) and Fig. 7
+    (reference vs StarDist on BF and IF, nuclei) as PNG plus their :func:`figure_data` CSV. Sources a figure asks
+    for but ``instances`` lacks are named in a note on the figure.
 
     Without the reference among the sources, every source is still scored and plotted, the t-test CSV holds only
     its header, and a warning says why (a run without the reference method is a valid configuration).
@@ -517,14 +484,11 @@ def write_scores(
     Args:
         truth_dataset: ``datasets/test.zarr``.
         instances: source -> its instances store.
-        out_dir: output folder (``results/segmentation``).
+        outputs: the files to write; ``outputs.tables`` has one path per source of ``instances``.
         reference: the source the t-tests and figures compare against.
         taus: IoU thresholds; must contain ``ttest_tau``.
         ttest_tau: IoU threshold of the t-tests and the summary.
         progress: show progress bars.
-
-    Returns:
-        :func:`output_paths` of the sources.
     """
     if not instances:
         raise CellResDMError("segmentation scores: no instances to score")
@@ -533,11 +497,14 @@ def write_scores(
         raise ConfigError(f"segmentation ttest_tau {ttest_tau} is not one of the taus {list(taus)}")
     for source in instances:
         _check_source_name(source)
-    paths = output_paths(out_dir, list(instances))
+    if set(outputs.tables) != set(instances):
+        raise CellResDMError(
+            f"segmentation scores: output tables for {sorted(outputs.tables)} but instances of {sorted(instances)}"
+        )
     tables = {}
     for source, store in instances.items():
         tables[source] = score_source(truth_dataset, store, source, taus=taus, progress=progress)
-        write_parquet(tables[source], paths["tables"][source])
+        write_parquet(tables[source], outputs.tables[source])
 
     if reference in tables:
         ttests = paired_ttests(tables, reference=reference, tau=ttest_tau)
@@ -560,10 +527,10 @@ def write_scores(
             ", ".join(tables),
         )
         ttests = pd.DataFrame(columns=list(TTEST_COLUMNS))
-    _write_csv(ttests, paths["ttests"])
+    _write_csv(ttests, outputs.ttests)
 
     summary = summary_table(tables, ttest_tau)
-    _write_csv(summary, paths["summary"])
+    _write_csv(summary, outputs.summary)
     for row in summary.itertuples():
         _LOG.info(
             "%s %s at tau %.2f: F1 %.3f, mean true score %.3f, PQ %.3f",
@@ -576,14 +543,13 @@ def write_scores(
         )
 
     figures = (
-        ("fig6", (reference, *FIG6_OTHERS), FIG6_OBJECTS, "Fig. 6: segmentation of generated images"),
-        ("fig7", (reference, *FIG7_OTHERS), FIG7_OBJECTS, "Fig. 7: generated images vs StarDist"),
+        ("fig6", outputs.fig6, outputs.fig6_data, (reference, *FIG6_OTHERS), FIG6_OBJECTS, FIG6_TITLE),
+        ("fig7", outputs.fig7, outputs.fig7_data, (reference, *FIG7_OTHERS), FIG7_OBJECTS, FIG7_TITLE),
     )
-    for key, sources, objects, title in figures:
+    for key, png, csv, sources, objects, title in figures:
         data = figure_data(tables, sources, objects)
         missing = [s for s in sources if s not in tables]
         if missing:
             _LOG.info("%s: no scores for %s", key, ", ".join(missing))
-        _write_csv(data, paths[f"{key}_data"])
-        plot_tau_curves(data, paths[key], title, objects=objects, missing=missing)
-    return paths
+        _write_csv(data, csv)
+        plot_tau_curves(data, png, title, objects=objects, missing=missing)

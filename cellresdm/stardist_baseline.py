@@ -22,7 +22,7 @@ settings or data is discarded and training starts over. The partial folder is re
 Prediction (:func:`predict_stardist`) writes the shared instances store (zarr v3 group)::
 
     nuclei          (N, H, W) int32 instance labels, chunks (1, H, W)
-    fields.parquet  copy of the test dataset's fields table
+    field table     copy of the test dataset's field table
     attrs           source, objects ["nuclei"], seconds_per_field, device, settings, thresholds {"prob", "nms"}
 """
 
@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from cellresdm import layout
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import atomic_dir, atomic_path
+from cellresdm.stores import DatasetStore, create_instances, open_dataset
 
 _LOG = logging.getLogger(__name__)
 
@@ -65,12 +65,11 @@ _STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class StarDistSettings:
-    """Settings of one StarDist baseline (config section ``stardist``).
-
-    Defaults are StarDist's own 2D defaults (the paper setting); the demo uses a smaller net and fewer steps.
+    """Settings of one StarDist baseline (config section ``stardist``; the schema holds the defaults, StarDist's
+    own 2D defaults (the paper setting), and checks each key).
 
     Attributes:
-        input: ``"bf"`` (the 3 brightfield planes) or ``"dna"`` (the real DNA channel).
+        input: ``"bf"`` (the 3 brightfield planes) or ``"dna"`` (the real DNA channel), from the baseline.
         n_rays: star-convex polygon rays.
         grid: output subsampling (y, x) of the probability and distance maps; powers of 2.
         epochs: training epochs.
@@ -86,73 +85,45 @@ class StarDistSettings:
         tile_size: prediction tiles are at most this many pixels per side (``n_tiles`` of predict_instances).
     """
 
-    input: str = "bf"
-    n_rays: int = 32
-    grid: tuple[int, int] = (2, 2)
-    epochs: int = 400
-    steps_per_epoch: int = 100
-    patch_size: int = 256
-    batch_size: int = 4
-    learning_rate: float = 3e-4
-    unet_depth: int = 3
-    unet_n_filter_base: int = 32
-    seed: int = 0
-    augment: bool = True
-    tile_size: int = 1024
+    input: str
+    n_rays: int
+    grid: tuple[int, int]
+    epochs: int
+    steps_per_epoch: int
+    patch_size: int
+    batch_size: int
+    learning_rate: float
+    unet_depth: int
+    unet_n_filter_base: int
+    seed: int
+    augment: bool
+    tile_size: int
 
     def __post_init__(self) -> None:
+        # checks the schema cannot express: powers of 2, and sizes the UNet and the grid divide
         def need(ok: bool, name: str, rule: str) -> None:
             if not ok:
                 raise ConfigError(f"stardist.{name} must be {rule}, got {getattr(self, name)!r}")
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
         need(self.input in _INPUTS, "input", f"one of {sorted(_INPUTS)}")
-        need(is_int(self.n_rays) and self.n_rays >= 3, "n_rays", "an integer >= 3")
-        need(
-            isinstance(self.grid, tuple)
-            and len(self.grid) == 2
-            and all(is_int(g) and g >= 1 and g & (g - 1) == 0 for g in self.grid),
-            "grid",
-            "two powers of 2 (y, x)",
-        )
-        for name in ("epochs", "steps_per_epoch", "batch_size", "unet_depth", "unet_n_filter_base"):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
-        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
-        need(isinstance(self.augment, bool), "augment", "true or false")
-        lr = self.learning_rate
-        need(
-            isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
-            "learning_rate",
-            "a number > 0",
-        )
-        div = 2**self.unet_depth * max(self.grid) if is_int(self.unet_depth) else 1
-        need(
-            is_int(self.patch_size) and self.patch_size >= div and self.patch_size % div == 0,
-            "patch_size",
-            f"a positive multiple of 2**unet_depth * grid = {div}",
-        )
-        need(is_int(self.tile_size) and self.tile_size >= div, "tile_size", f"an integer >= {div}")
+        need(all(g >= 1 and g & (g - 1) == 0 for g in self.grid), "grid", "two powers of 2 (y, x)")
+        div = 2**self.unet_depth * max(self.grid)
+        need(self.patch_size % div == 0, "patch_size", f"a positive multiple of 2**unet_depth * grid = {div}")
+        need(self.tile_size >= div, "tile_size", f"an integer >= {div}")
 
     @classmethod
-    def from_config(cls, section: dict[str, Any], source: str | None = None) -> StarDistSettings:
-        """Settings from a config section whose keys are named like the attributes (lists become tuples).
-
-        Keys that are not settings are ignored (the section may hold other keys). With ``source`` (a name in
-        :data:`BASELINES`) the input follows from the baseline; an ``input`` key must then agree with it.
-        """
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in names}
-        if source is not None:
-            if source not in BASELINES:
-                raise ConfigError(f"unknown StarDist baseline {source!r}; known: {sorted(BASELINES)}")
-            if "input" in kwargs and kwargs["input"] != BASELINES[source]:
-                raise ConfigError(
-                    f"stardist.input is {kwargs['input']!r} but baseline {source} is trained on {BASELINES[source]!r}"
-                )
-            kwargs["input"] = BASELINES[source]
-        return cls(**kwargs)
+    def from_config(cls, section: dict[str, Any], source: str) -> StarDistSettings:
+        """Settings of baseline ``source`` (a name in :data:`BASELINES`, which decides the input) from the
+        validated ``stardist`` config section (:func:`cellresdm.config.section`); lists become tuples and keys
+        that are not settings (``baselines``) are ignored."""
+        if source not in BASELINES:
+            raise ConfigError(f"unknown StarDist baseline {source!r}; known: {sorted(BASELINES)}")
+        try:
+            values = {f.name: section[f.name] for f in fields(cls) if f.name != "input"}
+        except KeyError as exc:
+            raise ConfigError(f"config key 'stardist.{exc.args[0]}' is missing (pass a validated section)") from None
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(input=BASELINES[source], **values)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the settings (tuples as lists)."""
@@ -162,42 +133,10 @@ class StarDistSettings:
 # ----------------------------------------------------------------------------------------------- data
 
 
-def _open_split(path: str | Path, input_name: str, need_labels: bool) -> tuple[Any, Any | None]:
-    """Open the input array (and the labels) of a dataset split, checking keys and shapes.
-
-    Returns:
-        (input array (N, C, H, W), labels array (N, 2, H, W) uint16 or None) as lazy zarr arrays.
-    """
-    import zarr
-
-    path = Path(path)
+def _open_split(path: str | Path, input_name: str, need_labels: bool) -> DatasetStore:
+    """The dataset split with its input array (and the labels) opened and checked (lazy zarr arrays)."""
     key, _ = _INPUTS[input_name]
-    if not path.is_dir():
-        raise CellResDMError(f"dataset {path} does not exist (build it with build_dataset)")
-    try:
-        root = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for missing or bad metadata
-        raise CellResDMError(f"dataset {path} is not a readable zarr group: {exc}") from exc
-    keys = [key, "labels"] if need_labels else [key]
-    arrays = {}
-    for k in keys:
-        try:
-            arrays[k] = root[k]
-        except KeyError:
-            raise CellResDMError(f"dataset {path} has no array {k!r}") from None
-    shapes = {k: tuple(a.shape) for k, a in arrays.items()}
-    for k, shape in shapes.items():
-        if len(shape) != 4 or shape[1] != _N_CHANNELS[k]:
-            raise CellResDMError(f"dataset {path}: array {k!r} must be (N, {_N_CHANNELS[k]}, H, W), got {shape}")
-    if need_labels:
-        if shapes["labels"][0] != shapes[key][0] or shapes["labels"][2:] != shapes[key][2:]:
-            raise CellResDMError(
-                f"dataset {path}: array 'labels' has shape {shapes['labels']}, which does not match {key!r} "
-                f"{shapes[key]}"
-            )
-        if not np.issubdtype(arrays["labels"].dtype, np.integer):
-            raise CellResDMError(f"dataset {path}: array 'labels' must hold integers, got {arrays['labels'].dtype}")
-    return arrays[key], arrays.get("labels")
+    return open_dataset(path, arrays=[key, "labels"] if need_labels else [key])
 
 
 def _field_input(array: Any, index: int, input_name: str) -> np.ndarray:
@@ -222,7 +161,8 @@ def load_pairs(path: str | Path, input_name: str) -> tuple[np.ndarray, np.ndarra
 
     if input_name not in _INPUTS:
         raise ConfigError(f"stardist input must be one of {sorted(_INPUTS)}, got {input_name!r}")
-    array, labels = _open_split(path, input_name, need_labels=True)
+    split = _open_split(path, input_name, need_labels=True)
+    array, labels = split[_INPUTS[input_name][0]], split["labels"]
     n = array.shape[0]
     if n == 0:
         raise CellResDMError(f"dataset {path} holds no fields (empty split)")
@@ -614,7 +554,7 @@ def predict_stardist(
     Args:
         model_dir: a folder written by :func:`train_stardist`.
         test_dataset: ``datasets/test.zarr`` with the model's input array (``bf`` or ``if``) and
-            ``fields.parquet``.
+            its field table.
         out: the instances store to write, e.g. ``segmentation/stardist_bf_instances.zarr`` (atomically).
         source: name recorded in the store (``stardist_bf`` / ``stardist_if``).
         settings_or_input: the baseline's settings, or just its input name (``"bf"`` / ``"dna"``; the model's
@@ -639,23 +579,20 @@ def predict_stardist(
         raise ConfigError(f"settings_or_input must be StarDistSettings or an input name, got {settings_or_input!r}")
     input_name = settings.input if settings is not None else settings_or_input
     _limit_threads(threads, log)
-    array, _ = _open_split(test_dataset, input_name, need_labels=False)
+    split = _open_split(test_dataset, input_name, need_labels=False)
+    array = split[_INPUTS[input_name][0]]
     n, _, h, w = array.shape
     if n == 0:
         raise CellResDMError(f"dataset {test_dataset} holds no fields (empty split)")
-    fields_file = test_dataset / "fields.parquet"
-    if not fields_file.is_file():
-        raise CellResDMError(f"dataset {test_dataset} has no fields.parquet")
-    table = pd.read_parquet(fields_file)
-    if len(table) != n:
-        raise CellResDMError(f"{fields_file}: {len(table)} rows for {n} fields")
 
     model, training = _load_model(model_dir)
     trained_input = training.get("settings", {}).get("input")
     if trained_input != input_name:
         raise ConfigError(f"StarDist model {model_dir} was trained on input {trained_input!r}, not {input_name!r}")
     if settings is None:
-        settings = StarDistSettings.from_config(training["settings"])
+        # the model's training settings, as a config section of the baseline trained on this input
+        baseline = {v: k for k, v in BASELINES.items()}[input_name]
+        settings = StarDistSettings.from_config(training["settings"], baseline)
     thresholds = {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}
     tiles = (math.ceil(h / settings.tile_size), math.ceil(w / settings.tile_size), 1)
 
@@ -665,11 +602,7 @@ def predict_stardist(
         )
         return labels
 
-    import zarr
-
-    with atomic_dir(out) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        nuclei = root.create_array("nuclei", shape=(n, h, w), chunks=(1, h, w), dtype="int32", fill_value=0)
+    with create_instances(out, ["nuclei"], n, (h, w)) as writer:
         predict(0)  # warm-up: TensorFlow builds its graph on the first call
         seconds = 0.0
         n_objects = 0
@@ -678,9 +611,9 @@ def predict_stardist(
             labels = predict(i)
             seconds += time.perf_counter() - t0
             n_objects += int(labels.max())
-            nuclei[i] = labels.astype(np.int32)
-        shutil.copy2(fields_file, tmp / "fields.parquet")
-        root.attrs.update(
+            writer.write_field(i, nuclei=labels.astype(np.int32))
+        writer.finish(
+            split,
             {
                 "source": source,
                 "objects": ["nuclei"],
@@ -688,7 +621,7 @@ def predict_stardist(
                 "device": _tensorflow_device(),
                 "settings": settings.to_dict(),
                 "thresholds": thresholds,
-            }
+            },
         )
     log.info(
         "%s: %d fields of %dx%d, %d nuclei, %.3f s per field; instances in %s",

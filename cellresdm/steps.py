@@ -154,7 +154,7 @@ def dataset(
     summary = build_dataset(
         inputs,
         out,
-        NormSettings(scope=settings["norm_scope"], low=settings["norm_low"], high=settings["norm_high"]),
+        NormSettings.from_config(settings),
         resize=settings["resize"],
         boundary_thickness=boundary_thickness,
         log=log,
@@ -248,7 +248,8 @@ def sample_method(
             f"{model_path}: the stored {name} config has no {exc} (an older model file); retrain"
         ) from exc
     load_model_weights(Path(model_path), method.network, ema=True)
-    return predict_dataset(method, dataset_path, out, SampleSettings(**settings), benchmark_out=benchmark_out, log=log)
+    sampling = SampleSettings.from_config(settings)
+    return predict_dataset(method, dataset_path, out, sampling, benchmark_out=benchmark_out, log=log)
 
 
 def evaluate_quality(

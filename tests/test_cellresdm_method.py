@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from cellresdm.config import validate_config
+from cellresdm.config import section, validate_config
 from cellresdm.errors import CellResDMError
 from cellresdm.methods import build_method
 from cellresdm.methods.base import condition_of, target_of
@@ -82,11 +82,19 @@ def test_whole_field_of_one_tile_equals_direct_sampling():
     noise = torch.randn(method.noise_shape(1, 64, 64), generator=torch.Generator().manual_seed(5))
     direct = method.sample(bf[None], noise=noise)
     whole = predict_field(
-        method, bf, SampleSettings(tile=64, overlap=16), torch.Generator().manual_seed(5), torch.device("cpu")
+        method,
+        bf,
+        SampleSettings.from_config(section("sample", {"tile": 64, "overlap": 16})),
+        torch.Generator().manual_seed(5),
+        torch.device("cpu"),
     )
     torch.testing.assert_close(whole, direct, atol=1e-6, rtol=0)
     tiled = predict_field(
-        method, bf, SampleSettings(tile=32, overlap=16), torch.Generator().manual_seed(5), torch.device("cpu")
+        method,
+        bf,
+        SampleSettings.from_config(section("sample", {"tile": 32, "overlap": 16})),
+        torch.Generator().manual_seed(5),
+        torch.device("cpu"),
     )
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
 

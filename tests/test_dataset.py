@@ -9,14 +9,27 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
-import zarr
 
 from cellresdm import layout
+from cellresdm.config import section
 from cellresdm.dataset import CellPaintingDataset, NormSettings, PlateInput, build_dataset
-from cellresdm.errors import CellResDMError, ImageError
+from cellresdm.errors import CellResDMError, ConfigError, ImageError
 from cellresdm.masks import boundaries_from_labels
+from cellresdm.stores import open_dataset
 
 SHAPE = (64, 64)
+
+
+def _norm(scope: str = "plate") -> NormSettings:
+    return NormSettings.from_config(section("dataset", {"norm_scope": scope}))
+
+
+def test_norm_settings_from_the_schema():
+    assert _norm() == NormSettings(scope="plate", low=0.5, high=99.5)  # the schema's defaults
+    with pytest.raises(ConfigError, match=r"dataset.norm_low \(50\) must be below dataset.norm_high \(50\)"):
+        NormSettings.from_config(section("dataset", {"norm_low": 50, "norm_high": 50}))
+    with pytest.raises(ConfigError, match="dataset.norm_scope"):
+        section("dataset", {"norm_scope": "well"})
 
 
 def _disk_labels(rng: np.random.Generator, shape, n: int = 4) -> np.ndarray:
@@ -123,11 +136,11 @@ def test_build_shapes_and_content(tmp_path):
         make_plate(tmp_path, "P2", 2, seed=2),
     ]
     out = tmp_path / "datasets" / "train.zarr"
-    summary = build_dataset(plates, out, NormSettings(), boundary_thickness=2, progress=False)
+    summary = build_dataset(plates, out, _norm(), boundary_thickness=2, progress=False)
     assert summary["n_fields"] == 4
     assert summary["shape"] == [4, 64, 64]
     assert summary["fields_per_s"] > 0
-    root = zarr.open_group(str(out), mode="r")
+    root = open_dataset(out)
     expect = {
         "bf": ((4, 3, 64, 64), np.float16),
         "if": ((4, 5, 64, 64), np.float16),
@@ -146,7 +159,7 @@ def test_build_shapes_and_content(tmp_path):
     # Constant LowZBF: zeros, not NaN.
     assert (bf[:, 2] == 0).all()
 
-    fields = pd.read_parquet(out / "fields.parquet")
+    fields = open_dataset(out).fields
     assert list(fields["index"]) == [0, 1, 2, 3]
     assert list(fields["plate"]) == ["P1", "P1", "P2", "P2"]
     assert list(fields["field"]) == ["r02c02f01", "r02c02f03", "r02c02f01", "r02c02f02"]  # f02 of P1 dropped
@@ -163,7 +176,7 @@ def test_build_shapes_and_content(tmp_path):
         np.testing.assert_array_equal(bf[i, 0] < 0.5, gt[1] > 0)  # in-focus BF darker in cells
         np.testing.assert_array_equal(bf[i, 1] > 0.5, gt[1] > 0)  # HighZBF brighter in cells
 
-    norm = pd.read_parquet(out / "norm.parquet")
+    norm = open_dataset(out).norm()
     assert set(norm["plate"]) == {"P1", "P2"} and set(norm["channel"]) == set(layout.ALL_CHANNELS)
     assert len(norm) == 2 * 8 and set(norm["scope"]) == {"plate"}
     attrs = dict(root.attrs)
@@ -174,21 +187,15 @@ def test_build_shapes_and_content(tmp_path):
     assert _leftovers(out.parent, out.name) == []
 
     # A rebuild replaces the dataset in place.
-    build_dataset(plates[1:], out, NormSettings(), progress=False)
-    assert zarr.open_group(str(out), mode="r")["bf"].shape[0] == 2
+    build_dataset(plates[1:], out, _norm(), progress=False)
+    assert open_dataset(out)["bf"].shape[0] == 2
     assert _leftovers(out.parent, out.name) == []
 
 
 def test_plate_vs_image_scope(tmp_path):
     plates = [make_plate(tmp_path, "P1", 2, brightness=[1.0, 0.5], seed=3)]
-    plate_root = zarr.open_group(
-        build_dataset(plates, tmp_path / "plate.zarr", NormSettings(scope="plate"), progress=False)["out"],
-        mode="r",
-    )
-    image_root = zarr.open_group(
-        build_dataset(plates, tmp_path / "image.zarr", NormSettings(scope="image"), progress=False)["out"],
-        mode="r",
-    )
+    plate_root = open_dataset(build_dataset(plates, tmp_path / "plate.zarr", _norm("plate"), progress=False)["out"])
+    image_root = open_dataset(build_dataset(plates, tmp_path / "image.zarr", _norm("image"), progress=False)["out"])
     p_if = plate_root["if"][:].astype(np.float64)
     i_if = image_root["if"][:].astype(np.float64)
     for c, ch in enumerate(layout.IF_CHANNELS):
@@ -201,7 +208,7 @@ def test_plate_vs_image_scope(tmp_path):
         assert i_if[0, c][i_if[0, c] > 0].mean() == pytest.approx(1.0, abs=0.01), ch
         assert ratio_plate != pytest.approx(ratio_image, rel=0.05)
     assert not np.allclose(p_if, i_if)
-    norm = pd.read_parquet(tmp_path / "image.zarr" / "norm.parquet")
+    norm = open_dataset(tmp_path / "image.zarr").norm()
     assert set(norm["scope"]) == {"image"} and len(norm) == 2 * 8
     assert dict(image_root.attrs)["scope"] == "image"
 
@@ -209,9 +216,9 @@ def test_plate_vs_image_scope(tmp_path):
 def test_resize(tmp_path):
     plates = [make_plate(tmp_path, "P1", 2, seed=4)]
     out = tmp_path / "small.zarr"
-    summary = build_dataset(plates, out, NormSettings(), resize=32, boundary_thickness=1, progress=False)
+    summary = build_dataset(plates, out, _norm(), resize=32, boundary_thickness=1, progress=False)
     assert summary["shape"] == [2, 32, 32] and summary["source_shape"] == [64, 64]
-    root = zarr.open_group(str(out), mode="r")
+    root = open_dataset(out)
     assert root["bf"].shape == (2, 3, 32, 32) and root["if"].shape == (2, 5, 32, 32)
     labels, bounds = root["labels"][:], root["boundaries"][:]
     assert labels.shape == (2, 2, 32, 32) and labels.dtype == np.uint16
@@ -231,7 +238,7 @@ def test_label_shape_mismatch(tmp_path):
     plates = [make_plate(tmp_path, "P1", 3, bad_labels={1}, seed=5)]
     out = tmp_path / "out" / "bad.zarr"
     with pytest.raises(ImageError, match="r02c02f02_labels.tiff"):
-        build_dataset(plates, out, NormSettings(), progress=False)
+        build_dataset(plates, out, _norm(), progress=False)
     assert not out.exists()
     assert _leftovers(out.parent, out.name) == []
 
@@ -240,7 +247,7 @@ def test_no_kept_fields(tmp_path):
     p1 = make_plate(tmp_path, "P1", 2, drop={0, 1}, seed=6)
     p2 = make_plate(tmp_path, "P2", 1, drop={0}, seed=7)
     with pytest.raises(CellResDMError, match="P1, P2"):
-        build_dataset([p1, p2], tmp_path / "none.zarr", NormSettings(), progress=False)
+        build_dataset([p1, p2], tmp_path / "none.zarr", _norm(), progress=False)
     assert not (tmp_path / "none.zarr").exists()
 
 
@@ -248,7 +255,7 @@ def test_no_kept_fields(tmp_path):
 def built(tmp_path) -> Path:
     plates = [make_plate(tmp_path, "P1", 6, seed=8)]
     out = tmp_path / "aug.zarr"
-    build_dataset(plates, out, NormSettings(), boundary_thickness=2, progress=False)
+    build_dataset(plates, out, _norm(), boundary_thickness=2, progress=False)
     return out
 
 
@@ -295,13 +302,18 @@ def test_dataset_reproducible(built):
 
 def test_dataset_whole_field_no_aug(built):
     ds = CellPaintingDataset(built, crop_size=None, flips=False)
-    root = zarr.open_group(str(built), mode="r")
+    root = open_dataset(built)
     item = ds[2]
     np.testing.assert_array_equal(item["if"].numpy(), root["if"][2].astype(np.float32))
     np.testing.assert_array_equal(item["labels"].numpy(), root["labels"][2].astype(np.int64))
     assert ds[-1]["index"] == len(ds) - 1
     with pytest.raises(IndexError):
         ds[len(ds)]
+
+
+def test_dataset_missing(tmp_path):
+    with pytest.raises(CellResDMError, match="none.zarr: dataset is missing"):
+        CellPaintingDataset(tmp_path / "none.zarr")
 
 
 def test_dataset_crop_too_large(built):
@@ -323,7 +335,7 @@ def test_dataloader_workers(built):
 
 def test_build_speed(tmp_path):
     plates = [make_plate(tmp_path, "P1", 24, shape=(256, 256), seed=9)]
-    summary = build_dataset(plates, tmp_path / "speed.zarr", NormSettings(), progress=False)
+    summary = build_dataset(plates, tmp_path / "speed.zarr", _norm(), progress=False)
     print(
         f"\nbuild_dataset: {summary['n_fields']} fields of 256x256 in {summary['seconds']:.2f} s "
         f"= {summary['fields_per_s']:.1f} fields/s"

@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_cellresdm_method import FixedImages
 
+from cellresdm.config import section
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.methods.cellresdm_latent import CellResDMLatent, time_sampling_stages
 from cellresdm.methods.vqgan import save_vqgan
@@ -86,7 +87,11 @@ def test_same_noise_same_output_and_one_tile_equals_direct_sampling(vqgan_file):
     assert not torch.equal(first, other)
 
     whole = predict_field(
-        method, bf[0], SampleSettings(tile=32, overlap=8), torch.Generator().manual_seed(5), torch.device("cpu")
+        method,
+        bf[0],
+        SampleSettings.from_config(section("sample", {"tile": 32, "overlap": 8})),
+        torch.Generator().manual_seed(5),
+        torch.device("cpu"),
     )
     torch.testing.assert_close(whole, first, atol=1e-6, rtol=0)
 

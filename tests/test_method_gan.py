@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_cellresdm_method import FixedImages
 
+from cellresdm.config import section
 from cellresdm.errors import ConfigError
 from cellresdm.methods.pix2pix import Pix2Pix
 from cellresdm.methods.spade import SPADE
@@ -173,7 +174,11 @@ def test_unet_mse_falls_and_samples_deterministically(tmp_path):
     sampler.network.eval()
     field = torch.rand(3, 40, 40)
     whole = predict_field(
-        sampler, field, SampleSettings(tile=32, overlap=8), torch.Generator().manual_seed(0), torch.device("cpu")
+        sampler,
+        field,
+        SampleSettings.from_config(section("sample", {"tile": 32, "overlap": 8})),
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
     )
     assert whole.shape == (1, 7, 40, 40) and torch.isfinite(whole).all()
 

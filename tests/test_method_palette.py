@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_cellresdm_method import FixedImages
 
+from cellresdm.config import section
 from cellresdm.errors import ConfigError
 from cellresdm.methods.palette import ConditionalDDPM, Palette
 from cellresdm.methods.spade_diffusion import SpadeDiffusion
@@ -83,7 +84,11 @@ def test_same_noise_same_sample_and_tiling_interface(cls):
     whole_noise = torch.randn(method.noise_shape(1, 16, 16), generator=torch.Generator().manual_seed(6))
     direct = method.sample(field[None], noise=whole_noise)
     whole = predict_field(
-        method, field, SampleSettings(tile=16, overlap=4), torch.Generator().manual_seed(6), torch.device("cpu")
+        method,
+        field,
+        SampleSettings.from_config(section("sample", {"tile": 16, "overlap": 4})),
+        torch.Generator().manual_seed(6),
+        torch.device("cpu"),
     )
     torch.testing.assert_close(whole, direct, atol=1e-6, rtol=0)
 

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
 
+from cellresdm import stores
+from cellresdm.errors import CellResDMError
 from cellresdm.metrics import TRIVIAL, channel_metrics, image_quality, quality_ttests, summarise_quality
 
 
@@ -27,28 +28,41 @@ def test_channel_metrics_hand_computed():
     assert flipped["pearson"] == pytest.approx(-1.0) and flipped["ssim"] < 0
 
 
+def _fields(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"plate": ["P1", "P2"][:n], "cell_line": ["A549", "U2OS"][:n], "field": ["r02c02f01"] * n})
+
+
+def _predictions(path, if_: np.ndarray):
+    n, _, h, w = if_.shape
+    with stores.create_predictions(path, n, (h, w), with_std=False) as writer:
+        for i in range(n):
+            writer.write_field(i, if_=if_[i])
+        writer.finish(_fields(n), {"method": path.stem})
+    return path
+
+
 def test_image_quality_table_and_trivial_reference(tmp_path):
     rng = np.random.default_rng(0)
     n, size = 2, 32
     real_if = rng.random((n, 5, size, size)).astype(np.float16)
-    root = zarr.open_group(str(tmp_path / "test.zarr"), mode="w", zarr_format=3)
-    root.create_array("if", data=real_if)
-    root.create_array("bf", data=rng.random((n, 3, size, size)).astype(np.float16))
-    pd.DataFrame(
-        {"plate": ["P1", "P2"], "cell_line": ["A549", "U2OS"], "field": ["r02c02f01", "r02c02f02"]}
-    ).to_parquet(tmp_path / "test.zarr" / "fields.parquet")
-    perfect = zarr.open_group(str(tmp_path / "perfect.zarr"), mode="w", zarr_format=3)
-    perfect.create_array("if", data=real_if)
-    table = image_quality(tmp_path / "test.zarr", {"perfect": tmp_path / "perfect.zarr"})
+    with stores.create_dataset(tmp_path / "test.zarr", n, (size, size)) as writer:
+        for i in range(n):
+            bf = rng.random((3, size, size)).astype(np.float16)
+            writer.write_field(i, bf=bf, if_=real_if[i], boundaries=0, labels=0)
+        writer.finish(_fields(n), pd.DataFrame(), {})
+    perfect = _predictions(tmp_path / "perfect.zarr", real_if)
+    table = image_quality(tmp_path / "test.zarr", {"perfect": perfect})
     assert len(table) == 2 * n * 5 and set(table["method"]) == {"perfect", TRIVIAL}
     assert (table.loc[table["method"] == "perfect", "mse"] == 0).all()
+    assert list(table["cell_line"].unique()) == ["A549", "U2OS"]
     summary = summarise_quality(table)
     ours = summary[summary["method"] == "perfect"]
     assert ours["beats_trivial_ssim"].all() and np.allclose(ours["ssim"], 1.0)
-    wrong = zarr.open_group(str(tmp_path / "wrong.zarr"), mode="w", zarr_format=3)
-    wrong.create_array("if", data=real_if[:1])
-    with pytest.raises(ValueError, match="wrong.zarr"):
-        image_quality(tmp_path / "test.zarr", {"wrong": tmp_path / "wrong.zarr"})
+    wrong = _predictions(tmp_path / "wrong.zarr", real_if[:1])
+    with pytest.raises(CellResDMError, match="wrong.zarr: predictions of shape"):
+        image_quality(tmp_path / "test.zarr", {"wrong": wrong})
+    with pytest.raises(CellResDMError, match="absent.zarr: prediction store is missing"):
+        image_quality(tmp_path / "test.zarr", {"absent": tmp_path / "absent.zarr"})
 
 
 def test_quality_ttests_direction_and_p_against_scipy():

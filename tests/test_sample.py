@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
 from torch import Tensor, nn
 
+from cellresdm import stores
+from cellresdm.config import section
+from cellresdm.errors import ConfigError
 from cellresdm.methods.base import N_OUTPUT_CHANNELS, Method
 from cellresdm.sample import SampleSettings, blend_weight, predict_dataset, predict_field, tile_starts
 
@@ -74,8 +76,8 @@ def test_blend_weight_is_a_cosine_ramp():
 def test_tiled_equals_untiled_with_one_noise_field(size):
     method = PointwiseMethod()
     bf = torch.rand(3, *size, generator=torch.Generator().manual_seed(1))
-    big = SampleSettings(tile=512, overlap=0)
-    tiled = SampleSettings(tile=64, overlap=16, batch_size=3)
+    big = SampleSettings.from_config(section("sample", {"tile": 512, "overlap": 0}))
+    tiled = SampleSettings.from_config(section("sample", {"tile": 64, "overlap": 16, "batch_size": 3}))
     whole = predict_field(method, bf, big, torch.Generator().manual_seed(7), torch.device("cpu"))
     n_whole_calls = len(method.calls)
     parts = predict_field(method, bf, tiled, torch.Generator().manual_seed(7), torch.device("cpu"))
@@ -84,33 +86,123 @@ def test_tiled_equals_untiled_with_one_noise_field(size):
     torch.testing.assert_close(parts, whole, atol=1e-6, rtol=0)
 
 
+class ConvMethod(PointwiseMethod):
+    """A deterministic, translation-equivariant method with a 5 x 5 receptive field (radius 2 px): a tile's
+    output is exact except within 2 px of a tile edge inside the field, where the convolution zero-pads what the
+    whole field would show there."""
+
+    name = "conv"
+    radius = 2
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.network = nn.Conv2d(3, N_OUTPUT_CHANNELS, 2 * self.radius + 1, padding=self.radius)
+        torch.nn.init.normal_(self.network.weight, std=0.3, generator=gen)
+        torch.nn.init.normal_(self.network.bias, generator=gen)
+
+
+def _sample_conv(bf: Tensor, tile: int, overlap: int) -> Tensor:
+    settings = SampleSettings.from_config(section("sample", {"tile": tile, "overlap": overlap, "batch_size": 3}))
+    return predict_field(ConvMethod(), bf, settings, torch.Generator().manual_seed(7), torch.device("cpu"))[0]
+
+
+def _exact_pixels(size: int, tile: int, overlap: int, radius: int) -> Tensor:
+    """(size,) bool along one axis: pixels farther than ``radius`` from every tile edge inside the field."""
+    exact = torch.ones(size, dtype=torch.bool)
+    for start in tile_starts(size, tile, overlap):
+        for edge in (start, start + tile):
+            if 0 < edge < size:
+                exact[max(edge - radius, 0) : edge + radius] = False
+    return exact
+
+
+# A field of 112 x 176 px in tiles of 64 with 16 px overlap: 2 x 4 tiles. A tile edge inside the field is
+# seen by the other tile with weight 1 - w, by its own tile with the ramp weight w: at the 2 outer px of the
+# ramp, w <= 0.5 - 0.5 cos(pi * 1.5 / 16) = 0.022 per axis, so the blended prediction is off there by at most
+# ~2 x 0.022 of the output range [0, 1]; elsewhere it is the untiled prediction up to float rounding.
+_TILE, _OVERLAP, _FIELD = 64, 16, (112, 176)
+_EDGE_TOLERANCE = 0.05
+
+
+def test_tiled_conv_method_agrees_with_untiled():
+    bf = torch.rand(3, *_FIELD, generator=torch.Generator().manual_seed(2))
+    whole = _sample_conv(bf, 512, 0)
+    tiled = _sample_conv(bf, _TILE, _OVERLAP)
+    assert tile_starts(_FIELD[0], _TILE, _OVERLAP) == [0, 48] and len(tile_starts(_FIELD[1], _TILE, _OVERLAP)) == 4
+    exact = (
+        _exact_pixels(_FIELD[0], _TILE, _OVERLAP, ConvMethod.radius)[:, None]
+        & _exact_pixels(_FIELD[1], _TILE, _OVERLAP, ConvMethod.radius)[None, :]
+    )
+    assert 0.8 < exact.float().mean() < 1  # most pixels, not all: the tile edges are inside the field
+    torch.testing.assert_close(tiled[:, exact], whole[:, exact], atol=1e-5, rtol=0)
+    error = (tiled - whole).abs()
+    assert error.max() <= _EDGE_TOLERANCE
+    assert error[:, ~exact].max() > 1e-4  # the edges really differ: the test sees the tiling
+
+
+def test_blending_without_the_cosine_ramp_fails_the_tolerance(monkeypatch):
+    """The tolerance above is tight enough to catch a broken blend: flat weights give the zero-padded tile edges
+    half the weight."""
+    import cellresdm.sample
+
+    bf = torch.rand(3, *_FIELD, generator=torch.Generator().manual_seed(2))
+    whole = _sample_conv(bf, 512, 0)
+    monkeypatch.setattr(cellresdm.sample, "blend_weight", lambda h, w, overlap: torch.ones(h, w))
+    flat = _sample_conv(bf, _TILE, _OVERLAP)
+    assert (flat - whole).abs().max() > _EDGE_TOLERANCE
+
+
+def test_blend_weights_of_the_tile_layout_sum_to_one_where_tiles_overlap():
+    size, tile, overlap = 112, 64, 16
+    starts = tile_starts(size, tile, overlap)
+    assert starts == [0, 48]  # neighbours overlap by exactly the ramp
+    weight = blend_weight(tile, tile, overlap)
+    total = torch.zeros(size, size)
+    for y in starts:
+        for x in starts:
+            total[y : y + tile, x : x + tile] += weight
+    # away from the field's own border (where a single tile's ramp remains) the weights add up to 1,
+    # in the 2-tile and 4-tile overlaps as inside a tile
+    torch.testing.assert_close(
+        total[overlap:-overlap, overlap:-overlap], torch.ones(size - 2 * overlap, size - 2 * overlap)
+    )
+    assert torch.all(total > 0)  # every pixel has weight, so the normalised blend is defined everywhere
+
+
 def test_field_equal_to_one_tile_is_sampled_once():
     method = PointwiseMethod()
     bf = torch.rand(3, 64, 64)
     out = predict_field(
-        method, bf, SampleSettings(tile=64, overlap=16), torch.Generator().manual_seed(0), torch.device("cpu")
+        method,
+        bf,
+        SampleSettings.from_config(section("sample", {"tile": 64, "overlap": 16})),
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
     )
     assert method.calls == [(1, 3, 64, 64)] and out.shape == (1, 7, 64, 64)
 
 
 def test_predict_dataset_writes_mean_std_and_timing(tmp_path):
     n, size = 2, 64
-    root = zarr.open_group(str(tmp_path / "test.zarr"), mode="w", zarr_format=3)
-    root.create_array("bf", data=np.random.default_rng(0).random((n, 3, size, size)).astype(np.float16))
-    pd.DataFrame({"plate": ["P"] * n, "field": ["r02c02f01", "r02c02f02"]}).to_parquet(
-        tmp_path / "test.zarr" / "fields.parquet"
-    )
+    rng = np.random.default_rng(0)
+    with stores.create_dataset(tmp_path / "test.zarr", n, (size, size)) as writer:
+        for i in range(n):
+            bf = rng.random((3, size, size)).astype(np.float16)
+            writer.write_field(i, bf=bf, if_=0, boundaries=0, labels=0)
+        fields = pd.DataFrame({"plate": ["P"] * n, "field": ["r02c02f01", "r02c02f02"]})
+        writer.finish(fields, pd.DataFrame(), {})
     method = PointwiseMethod()
     record = predict_dataset(
         method,
         tmp_path / "test.zarr",
         tmp_path / "pred.zarr",
-        SampleSettings(tile=64, n_samples=3),
+        SampleSettings.from_config(section("sample", {"tile": 64, "n_samples": 3})),
         benchmark_out=tmp_path / "t.json",
         progress=False,
         device=torch.device("cpu"),
     )
-    out = zarr.open_group(str(tmp_path / "pred.zarr"), mode="r")
+    out = stores.open_predictions(tmp_path / "pred.zarr", arrays=tuple(stores.PREDICTION_ARRAYS))
     assert out["if"].shape == (n, 5, size, size) and out["boundaries"].shape == (n, 2, size, size)
     assert out["if_std"].shape == (n, 5, size, size) and float(np.asarray(out["if_std"][:]).max()) > 0
     binary = np.asarray(out["boundaries_binary"][:])
@@ -120,4 +212,14 @@ def test_predict_dataset_writes_mean_std_and_timing(tmp_path):
     assert saved == record and saved["fields"] == n and saved["seconds_per_image"] > 0
     assert saved["image_size"] == [size, size] and saved["device"].startswith("cpu")
     assert saved["steps"] is None  # a one-pass method has no chain
-    assert (tmp_path / "pred.zarr" / "fields.parquet").exists()
+    assert out.attrs["method"] == "pointwise" and out.attrs["sampling"] == record
+    pd.testing.assert_frame_equal(out.fields, fields)
+
+
+def test_settings_from_the_schema():
+    settings = SampleSettings.from_config(section("sample"))
+    assert (settings.tile, settings.overlap, settings.precision) == (256, 32, "tf32")  # the schema's defaults
+    with pytest.raises(ConfigError, match="sample.overlap must be below sample.tile"):
+        SampleSettings.from_config(section("sample", {"tile": 32, "overlap": 32}))
+    with pytest.raises(ConfigError, match="sample.precision"):
+        section("sample", {"precision": "fp16"})

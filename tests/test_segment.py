@@ -1,30 +1,20 @@
-"""Boundaries to instances (cellresdm.segment): exact on true boundaries, robust to gaps, and the instance store."""
+"""Boundaries to instances (cellresdm.segment): exact on true boundaries, robust to gaps, checked input."""
 
 from __future__ import annotations
 
 import json
-import runpy
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
-import zarr
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 from stardist.matching import matching
 
 from cellresdm import segment
+from cellresdm.config import section
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.masks import boundaries_from_labels
-from cellresdm.segment import (
-    SegmentSettings,
-    instances_from_boundaries,
-    read_instances,
-    segment_predictions,
-    write_instances,
-)
+from cellresdm.segment import InstanceSettings, instances_from_boundaries
 from cellresdm.synth import Treatment, make_field
 
 SIZE = 256
@@ -86,7 +76,7 @@ def test_touching_cells_with_a_missing_line_are_split_by_their_nuclei(fields):
     cut = boundaries_from_labels(joint, 2).astype(np.float32)
     _, split = instances_from_boundaries(nuc_b, cut)
     assert matching(cells_true, split, thresh=0.5).f1 >= 0.95
-    _, merged = instances_from_boundaries(nuc_b, cut, SegmentSettings(split_cells=False))
+    _, merged = instances_from_boundaries(nuc_b, cut, _settings(split_cells=False))
     m = matching(cells_true, merged, thresh=0.5)
     assert m.fp == 0 and m.fn >= 1  # the merged area went to one of the two nuclei
 
@@ -140,7 +130,7 @@ def test_cells_without_nucleus_are_numbered_after_the_nuclei():
     cell[:, 123:] = 1
     nuclei, cells = instances_from_boundaries(nucleus, cell)
     assert nuclei.max() == 1 and set(np.unique(cells)) == {0, 1}
-    nuclei, cells = instances_from_boundaries(nucleus, cell, SegmentSettings(cells_need_nucleus=False))
+    nuclei, cells = instances_from_boundaries(nucleus, cell, _settings(cells_need_nucleus=False))
     assert set(np.unique(cells)) == {0, 1, 2}
     assert np.all(cells[nuclei == 1] == 1)
 
@@ -170,7 +160,7 @@ def test_wide_label_ids_give_the_same_instances(fields, monkeypatch):
     board = ((yy + xx) % 2 == 0).astype(np.float32)
     nuclei, cells = instances_from_boundaries(board, board)
     assert nuclei.max() == cells.max() == 0  # all below the minimum areas
-    nuclei, cells = instances_from_boundaries(board, board, SegmentSettings(min_nucleus_area=0, min_cell_area=0))
+    nuclei, cells = instances_from_boundaries(board, board, _settings(min_nucleus_area=0, min_cell_area=0))
     assert nuclei.max() == np.count_nonzero(board == 0) and np.array_equal(cells, nuclei)
 
 
@@ -222,150 +212,26 @@ def test_bad_input_names_the_field(nuclei, cells, message):
         instances_from_boundaries(nuclei, cells, field="r01c01f01")
 
 
+def _settings(**overrides) -> InstanceSettings:
+    return InstanceSettings.from_config(section("instances", overrides))
+
+
 def test_settings_validation_and_config():
-    s = SegmentSettings.from_config({"threshold": 0.4, "nuclei_closing_radii": [3, 5]})
+    s = _settings(threshold=0.4, nuclei_closing_radii=[3, 5])
     assert s.threshold == 0.4 and s.nuclei_closing_radii == (3, 5)
     assert json.loads(json.dumps(s.to_dict()))["nuclei_closing_radii"] == [3, 5]
-    assert SegmentSettings.from_config(None) == SegmentSettings()
+    default = _settings()
+    assert default.threshold == 0.5 and default.cells_closing_radii == (3, 6)  # the schema's defaults
     for bad, key in (
         ({"threshold": 1.5}, "segment.threshold"),
         ({"grow": -1}, "segment.grow"),
         ({"cells_closing_radii": [6, 3]}, "segment.cells_closing_radii"),
         ({"max_cell_area": 10}, "segment.max_cell_area"),
         ({"split_cells": "yes"}, "segment.split_cells"),
-        ({"workers": 0}, "segment.workers"),
         ({"min_enclosure": 2}, "segment.min_enclosure"),
+        ({"taus": [0.5]}, "segment.taus"),
     ):
         with pytest.raises(ConfigError, match=key):
-            SegmentSettings.from_config(bad)
-    with pytest.raises(ConfigError, match="mapping"):
-        SegmentSettings.from_config([0.5])
-    with pytest.raises(ConfigError, match="segment.taus"):
-        SegmentSettings.from_config({"taus": [0.5]})
-
-
-# ----------------------------------------------------------------------------------------------- instance store
-
-
-def _fields_table(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"plate": ["P1"] * n, "field": [f"r02c{c + 2:02d}f01" for c in range(n)], "index": range(n)})
-
-
-def _predictions(path: Path, bounds: np.ndarray, method: str = "unet") -> Path:
-    """A prediction store as cellresdm.sample writes it: ``boundaries`` (N, 2, H, W) float16 and fields."""
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    n, _, h, w = bounds.shape
-    root.create_array("boundaries", data=bounds.astype(np.float16), chunks=(1, 2, h, w))
-    root.create_array("boundaries_binary", data=(bounds >= 0.5).astype(np.uint8), chunks=(1, 2, h, w))
-    root.attrs.update({"method": method})
-    _fields_table(n).to_parquet(path / "fields.parquet", index=False)
-    return path
-
-
-def test_segment_predictions_round_trip(fields, tmp_path):
-    bounds = np.stack([np.stack([nb, cb]) for _, nb, cb in fields[:3]])
-    bounds[1] = 0.0  # an empty prediction: a valid field with no objects
-    store = _predictions(tmp_path / "predictions" / "unet" / "test.zarr", bounds)
-    out = tmp_path / "segmentation" / "unet_instances.zarr"
-    summary = segment_predictions(store, out, SegmentSettings(workers=2), progress=False)
-    assert summary["source"] == "unet" and summary["fields"] == 3 and summary["image_size"] == [SIZE, SIZE]
-    assert summary["seconds_per_field"] > 0 and summary["fields_per_second"] > 0
-    arrays, table, attrs = read_instances(out)
-    assert set(arrays) == {"nuclei", "cells"} and arrays["nuclei"].shape == (3, SIZE, SIZE)
-    assert arrays["nuclei"].dtype == np.int32
-    pd.testing.assert_frame_equal(table, _fields_table(3))
-    assert attrs["source"] == "unet" and attrs["objects"] == ["nuclei", "cells"]
-    assert attrs["settings"] == SegmentSettings(workers=2).to_dict() and attrs["seconds_per_field"] > 0
-    for i in (0, 2):
-        nuclei, cells = instances_from_boundaries(*bounds[i].astype(np.float16))
-        np.testing.assert_array_equal(arrays["nuclei"][i], nuclei)
-        np.testing.assert_array_equal(arrays["cells"][i], cells)
-    assert arrays["nuclei"][1].max() == 0 and arrays["cells"][1].max() == 0
-    assert summary["mean_nuclei"] == pytest.approx(np.mean([arrays["nuclei"][i].max() for i in range(3)]))
-    lazy, _, _ = read_instances(out, lazy=True)
-    np.testing.assert_array_equal(lazy["cells"][2], arrays["cells"][2])
-
-
-def test_segment_predictions_fails_cleanly(fields, tmp_path):
-    bounds = np.stack([np.stack([nb, cb]) for _, nb, cb in fields[:2]])
-    bounds[1, 0, 5, 5] = np.nan
-    store = _predictions(tmp_path / "unet.zarr", bounds)
-    out = tmp_path / "unet_instances.zarr"
-    with pytest.raises(CellResDMError, match=r"unet.zarr field 1 \(r02c03f01\): nuclei boundary holds 1 NaN"):
-        segment_predictions(store, out, progress=False)
-    assert not out.exists() and not list(tmp_path.glob(".unet_instances*"))  # nothing half-written
-    with pytest.raises(CellResDMError, match="prediction store is missing"):
-        segment_predictions(tmp_path / "none.zarr", out, progress=False)
-    bad = _predictions(tmp_path / "bad.zarr", bounds[:, :1])
-    with pytest.raises(CellResDMError, match=r"bad.zarr: 'boundaries' must be an \(N, 2, H, W\)"):
-        segment_predictions(bad, out, progress=False)
-    _fields_table(5).to_parquet(bad / "fields.parquet", index=False)
-    root = zarr.open_group(str(bad), mode="a")
-    del root["boundaries"]
-    with pytest.raises(CellResDMError, match="bad.zarr: array 'boundaries' is missing"):
-        segment_predictions(bad, out, progress=False)
-
-
-def test_write_and_read_instances(tmp_path):
-    labels = np.zeros((2, 6, 7), dtype=np.uint16)
-    labels[0, 1:3, 1:3] = 1
-    out = write_instances(tmp_path / "sd.zarr", "stardist_bf", {"nuclei": labels}, _fields_table(2), {"x": 1.5})
-    arrays, table, attrs = read_instances(out)
-    assert list(arrays) == ["nuclei"] and arrays["nuclei"].dtype == np.int32 and len(table) == 2
-    assert attrs == {"x": 1.5, "source": "stardist_bf", "objects": ["nuclei"]}
-    np.testing.assert_array_equal(arrays["nuclei"], labels)
-
-    with pytest.raises(CellResDMError, match="w.zarr: instance arrays must be named"):
-        write_instances(tmp_path / "w.zarr", "s", {"nucleus": labels}, _fields_table(2))
-    with pytest.raises(CellResDMError, match="w.zarr: instance arrays must all be"):
-        write_instances(tmp_path / "w.zarr", "s", {"nuclei": labels, "cells": labels[:, :5]}, _fields_table(2))
-    with pytest.raises(CellResDMError, match="w.zarr: 2 label images but 3 rows"):
-        write_instances(tmp_path / "w.zarr", "s", {"nuclei": labels}, _fields_table(3))
-    with pytest.raises(CellResDMError, match="non-negative int32"):
-        write_instances(tmp_path / "w.zarr", "s", {"nuclei": labels.astype(np.int64) - 1}, _fields_table(2))
-    assert not (tmp_path / "w.zarr").exists()
-
-
-def _store(path: Path, arrays: dict[str, np.ndarray], objects: list[str], n_fields: int) -> Path:
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for name, data in arrays.items():
-        root.create_array(name, data=data)
-    root.attrs.update({"source": "s", "objects": objects})
-    _fields_table(n_fields).to_parquet(path / "fields.parquet", index=False)
-    return path
-
-
-def test_read_instances_errors_name_the_store(tmp_path):
-    a = np.zeros((2, 4, 4), dtype=np.int32)
-    cases = [
-        (_store(tmp_path / "missing.zarr", {"nuclei": a}, ["nuclei", "cells"], 2), "missing.zarr: array 'cells'"),
-        (_store(tmp_path / "shape.zarr", {"nuclei": a, "cells": a[:, :3]}, ["nuclei", "cells"], 2), "differ in"),
-        (_store(tmp_path / "rows.zarr", {"nuclei": a}, ["nuclei"], 3), "rows.zarr: 2 label images but 3 rows"),
-        (_store(tmp_path / "dtype.zarr", {"nuclei": a.astype(np.uint16)}, ["nuclei"], 2), "int32 array"),
-        (_store(tmp_path / "objects.zarr", {"nuclei": a}, [], 2), "objects.zarr: attrs 'objects'"),
-        (tmp_path / "absent.zarr", "absent.zarr: instance store is missing"),
-    ]
-    nofields = _store(tmp_path / "nofields.zarr", {"nuclei": a}, ["nuclei"], 2)
-    (nofields / "fields.parquet").unlink()
-    cases.append((nofields, "nofields.zarr: fields.parquet is missing"))
-    for path, message in cases:
-        with pytest.raises(CellResDMError, match=message):
-            read_instances(path)
-
-
-def test_workflow_script(fields, tmp_path, repo_dir):
-    bounds = np.stack([np.stack([nb, cb]) for _, nb, cb in fields[:1]])
-    store = _predictions(tmp_path / "predictions" / "cellresdm" / "test.zarr", bounds, method="cellresdm")
-    out = tmp_path / "segmentation" / "cellresdm_instances.zarr"
-    log = tmp_path / "logs" / "segment.log"
-    snakemake = SimpleNamespace(
-        input=SimpleNamespace(predictions=str(store)),
-        output=SimpleNamespace(instances=str(out)),
-        params=SimpleNamespace(settings={"threshold": 0.5, "workers": 4}),
-        threads=1,
-        log=[str(log)],
-    )
-    runpy.run_path(str(repo_dir / "workflow_scripts" / "segment.py"), init_globals={"snakemake": snakemake})
-    arrays, _, attrs = read_instances(out)
-    assert attrs["source"] == "cellresdm" and attrs["settings"]["workers"] == 1 and arrays["nuclei"].max() > 0
-    assert "cellresdm: 1 fields of 256x256 segmented" in log.read_text()
+            _settings(**bad)
+    with pytest.raises(ConfigError, match="segment.grow' is missing"):
+        InstanceSettings.from_config({k: v for k, v in section("instances").items() if k != "grow"})

@@ -18,6 +18,7 @@ from cellresdm.segscores import (
     SCORE_COLUMNS,
     SCORE_METRICS,
     TTEST_COLUMNS,
+    ScoreOutputs,
     figure_data,
     paired_ttests,
     plot_tau_curves,
@@ -208,32 +209,47 @@ def test_paired_ttests_against_scipy():
         paired_ttests(tables, reference="absent")
 
 
+def _outputs(folder: Path, sources: list[str]) -> ScoreOutputs:
+    return ScoreOutputs(
+        tables={s: folder / f"{s}.parquet" for s in sources},
+        ttests=folder / "ttests.csv",
+        summary=folder / "summary.csv",
+        fig6=folder / "fig6.png",
+        fig6_data=folder / "fig6.csv",
+        fig7=folder / "fig7.png",
+        fig7_data=folder / "fig7.csv",
+    )
+
+
 def test_write_scores_and_figures(example, tmp_path, caplog):
     truth, inst, true, pred = example
     sd = _instances(tmp_path / "stardist_bf_instances.zarr", "stardist_bf", true[:, 0])
     caplog.set_level(logging.INFO, logger="cellresdm")
-    paths = write_scores(truth, {"cellresdm": inst, "stardist_bf": sd}, tmp_path / "seg", taus=TAUS, progress=False)
-    files = [*paths["tables"].values(), *(v for k, v in paths.items() if k != "tables")]
-    for p in files:
-        assert Path(p).is_file(), p
-    for key in ("fig6", "fig7"):
-        assert Path(paths[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    outputs = _outputs(tmp_path / "seg", ["cellresdm", "stardist_bf"])
+    write_scores(truth, {"cellresdm": inst, "stardist_bf": sd}, outputs, taus=TAUS, progress=False)
+    files = [*outputs.tables.values(), *(v for k, v in vars(outputs).items() if k != "tables")]
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == sorted(Path(p).name for p in files)
+    for png in (outputs.fig6, outputs.fig7):
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "no scores for pix2pix" in caplog.text and "no scores for stardist_if" in caplog.text
-    table = pd.read_parquet(paths["tables"]["cellresdm"])
+    table = pd.read_parquet(outputs.tables["cellresdm"])
     assert set(table["scope"]) == {"image", "pooled"}
-    summary = pd.read_csv(paths["summary"])
+    summary = pd.read_csv(outputs.summary)
     assert list(summary["source"]) == ["cellresdm", "cellresdm", "stardist_bf"]
     assert summary.set_index(["source", "object"]).loc[("stardist_bf", "nuclei"), "f1"] == 1.0
-    ttests = pd.read_csv(paths["ttests"])
+    ttests = pd.read_csv(outputs.ttests)
     assert set(ttests["other"]) == {"stardist_bf"} and set(ttests["object"]) == {"nuclei"}
-    fig7 = pd.read_csv(paths["fig7_data"])
+    fig7 = pd.read_csv(outputs.fig7_data)
     assert list(dict.fromkeys(fig7["source"])) == ["cellresdm", "stardist_bf"] and len(fig7) == 2 * len(TAUS)
     assert fig7.query("source == 'cellresdm' and tau == 0.5")["f1"].iloc[0] == pytest.approx(6 / 7)
 
     # Without the reference: still scored and plotted, t-test file is its header only.
-    paths = write_scores(truth, {"stardist_bf": sd}, tmp_path / "noref", taus=TAUS, progress=False)
-    assert pd.read_csv(paths["ttests"]).empty and Path(paths["fig6"]).is_file()
+    outputs = _outputs(tmp_path / "noref", ["stardist_bf"])
+    write_scores(truth, {"stardist_bf": sd}, outputs, taus=TAUS, progress=False)
+    assert pd.read_csv(outputs.ttests).empty and Path(outputs.fig6).is_file()
     assert "reference 'cellresdm' is not among the sources" in caplog.text
+    with pytest.raises(CellResDMError, match="output tables for \\['cellresdm'\\] but instances of"):
+        write_scores(truth, {"stardist_bf": sd}, _outputs(tmp_path / "x", ["cellresdm"]), taus=TAUS, progress=False)
 
 
 def test_plot_without_data(tmp_path):
@@ -248,11 +264,9 @@ def test_workflow_adapter(example, tmp_path, repo_dir):
     from types import SimpleNamespace
 
     truth, inst, _, _ = example
-    out = tmp_path / "segmentation"
-    names = ["cellresdm.parquet", "segmentation_ttests.csv", "segmentation_summary.csv", "fig6_segmentation.png"]
-    outputs = [str(out / n) for n in names]
-    output = type("Output", (list,), {})(outputs)  # Snakemake's output: a list with named attributes
-    output.summary = outputs[2]
+    outputs = _outputs(tmp_path / "segmentation", ["cellresdm"])
+    named = {k: str(v) for k, v in vars(outputs).items() if k != "tables"}
+    output = SimpleNamespace(tables=[str(outputs.tables["cellresdm"])], **named)  # Snakemake's named outputs
     snakemake = SimpleNamespace(
         input=SimpleNamespace(dataset=str(truth), instances=[str(inst)]),
         params=SimpleNamespace(sources=["cellresdm"], settings={"taus": TAUS, "ttest_tau": 0.5}, reference="cellresdm"),
@@ -260,5 +274,5 @@ def test_workflow_adapter(example, tmp_path, repo_dir):
         log=[str(tmp_path / "log.txt")],
     )
     runpy.run_path(str(repo_dir / "workflow_scripts" / "segmentation_scores.py"), init_globals={"snakemake": snakemake})
-    assert all(Path(p).is_file() for p in outputs)
+    assert all(Path(p).is_file() for p in [*outputs.tables.values(), *named.values()])
     assert "cellresdm nuclei at tau 0.50" in (tmp_path / "log.txt").read_text()

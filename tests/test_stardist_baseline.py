@@ -14,21 +14,27 @@ import zarr
 
 from cellresdm import layout, synth
 from cellresdm import stardist_baseline as sb
+from cellresdm.config import section
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.stardist_baseline import StarDistSettings, load_pairs, predict_stardist, train_stardist
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128
 #: Small enough for one core: a 2-level UNet on 64 px patches learns the synthetic DNA nuclei in 160 steps.
-SETTINGS = StarDistSettings(
-    input="dna",
-    epochs=4,
-    steps_per_epoch=40,
-    patch_size=64,
-    batch_size=4,
-    learning_rate=1e-3,
-    unet_depth=2,
-    unet_n_filter_base=16,
+SETTINGS = StarDistSettings.from_config(
+    section(
+        "stardist",
+        {
+            "epochs": 4,
+            "steps_per_epoch": 40,
+            "patch_size": 64,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "unet_depth": 2,
+            "unet_n_filter_base": 16,
+        },
+    ),
+    "stardist_if",
 )
 
 
@@ -162,7 +168,7 @@ def test_predict_adapter(trained, tmp_path):
     out = tmp_path / "stardist_if_instances.zarr"
     snakemake = SimpleNamespace(
         input=SimpleNamespace(model=str(trained.model_dir), dataset=str(trained.splits["test"])),
-        params=SimpleNamespace(settings={"tile_size": 64}, source="stardist_if"),
+        params=SimpleNamespace(settings=section("stardist", {"tile_size": 64}), source="stardist_if"),
         output=SimpleNamespace(instances=str(out)),
         threads=1,
         log=[str(tmp_path / "predict.log")],
@@ -182,27 +188,31 @@ def test_predict_bad_input(trained, tmp_path):
         predict_stardist(tmp_path, trained.splits["test"], out, "stardist_if", "dna", progress=False, threads=1)
     no_fields = write_split(tmp_path / "nofields.zarr", 1, 0, size=64)
     (no_fields / "fields.parquet").unlink()
-    with pytest.raises(CellResDMError, match="no fields.parquet"):
+    with pytest.raises(CellResDMError, match="nofields.zarr: dataset lacks table 'fields.parquet'"):
         predict_stardist(trained.model_dir, no_fields, out, "stardist_if", "dna", progress=False, threads=1)
     assert not out.exists()
 
 
 def test_bad_datasets(tmp_path):
     good = write_split(tmp_path / "good.zarr", 1, 0, size=64)
-    with pytest.raises(CellResDMError, match=r"missing\.zarr does not exist"):
+    with pytest.raises(CellResDMError, match=r"missing\.zarr: dataset is missing"):
         load_pairs(tmp_path / "missing.zarr", "bf")
     no_labels = write_split(tmp_path / "nolabels.zarr", 1, 0, size=64, channels={"labels": 0})
-    with pytest.raises(CellResDMError, match=r"nolabels\.zarr has no array 'labels'"):
+    with pytest.raises(CellResDMError, match=r"nolabels\.zarr: dataset lacks array 'labels'"):
         load_pairs(no_labels, "dna")
     two_planes = write_split(tmp_path / "two.zarr", 1, 0, size=64, channels={"bf": 2})
-    with pytest.raises(CellResDMError, match=r"two\.zarr: array 'bf' must be \(N, 3, H, W\), got \(1, 2, 64, 64\)"):
+    with pytest.raises(
+        CellResDMError, match=r"two\.zarr: dataset array 'bf' must be \(N, 3, H, W\), got \(1, 2, 64, 64\)"
+    ):
         load_pairs(two_planes, "bf")
     assert load_pairs(two_planes, "dna")[0].shape == (1, 64, 64, 1)  # the DNA input does not read 'bf'
     empty = write_split(tmp_path / "empty.zarr", 0, 0, size=64)
     with pytest.raises(CellResDMError, match=r"empty\.zarr holds no fields \(empty split\)"):
         train_stardist(empty, good, SETTINGS, tmp_path / "model", progress=False, threads=1)
     with pytest.raises(ConfigError, match="stardist.patch_size 128 is larger than the fields of .*good.zarr"):
-        settings = StarDistSettings(input="dna", patch_size=128, unet_depth=2)
+        settings = StarDistSettings.from_config(
+            section("stardist", {"patch_size": 128, "unet_depth": 2}), "stardist_if"
+        )
         train_stardist(good, good, settings, tmp_path / "m", progress=False, threads=1)
     with pytest.raises(ConfigError, match="stardist input must be one of"):
         load_pairs(good, "rna")
@@ -212,20 +222,20 @@ def test_bad_datasets(tmp_path):
 
 
 def test_settings_from_config():
-    s = StarDistSettings.from_config({"grid": [1, 2], "epochs": 3, "other": 1}, source="stardist_bf")
-    assert s.input == "bf" and s.grid == (1, 2) and s.epochs == 3
-    assert StarDistSettings.from_config({}, source="stardist_if").input == "dna"
-    with pytest.raises(ConfigError, match="baseline stardist_if is trained on 'dna'"):
-        StarDistSettings.from_config({"input": "bf"}, source="stardist_if")
+    s = StarDistSettings.from_config(section("stardist", {"grid": [1, 2], "epochs": 3}), "stardist_bf")
+    assert s.input == "bf" and s.grid == (1, 2) and s.epochs == 3 and s.n_rays == 32  # the schema's defaults
+    assert StarDistSettings.from_config(section("stardist"), "stardist_if").input == "dna"
     with pytest.raises(ConfigError, match="unknown StarDist baseline 'stardist_xx'"):
-        StarDistSettings.from_config({}, source="stardist_xx")
+        StarDistSettings.from_config(section("stardist"), "stardist_xx")
+    with pytest.raises(ConfigError, match="stardist.n_rays' is missing"):
+        StarDistSettings.from_config({"epochs": 3}, "stardist_bf")
     for bad, key in (
-        ({"input": "rna"}, "stardist.input"),
-        ({"grid": (3, 3)}, "stardist.grid"),
+        ({"grid": [3, 3]}, "stardist.grid"),
         ({"patch_size": 100}, "stardist.patch_size"),
-        ({"epochs": 0}, "stardist.epochs"),
-        ({"learning_rate": -1.0}, "stardist.learning_rate"),
-        ({"augment": "yes"}, "stardist.augment"),
+        ({"unet_depth": 6, "tile_size": 64}, "stardist.tile_size"),
     ):
         with pytest.raises(ConfigError, match=key):
-            StarDistSettings(**bad)
+            StarDistSettings.from_config(section("stardist", bad), "stardist_bf")
+    for bad, key in (({"epochs": 0}, "stardist.epochs"), ({"learning_rate": -1.0}, "stardist.learning_rate")):
+        with pytest.raises(ConfigError, match=key):
+            section("stardist", bad)
