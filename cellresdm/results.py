@@ -231,8 +231,9 @@ OUTPUTS: tuple[Output, ...] = (
         "segmentation/{source}_instances.zarr",
         "segmentation",
         "segment, stardist_predict",
-        "cellresdm.stores.write_instances",
-        "`nuclei` (and `cells`) (N,H,W) int32 instance labels, `fields.parquet` (cellresdm.stores)",
+        "cellresdm.segment_step.segment_predictions",
+        "`nuclei` (and `cells`) (N,H,W) int32 instance labels, `fields.parquet` (cellresdm.stores); StarDist "
+        "baselines: cellresdm.stardist_baseline.predict_stardist",
     ),
     Output(
         "segmentation_scores",

@@ -258,6 +258,24 @@ def open_predictions(
     return store
 
 
+def open_if_images(path: str | os.PathLike, columns: Sequence[str] = ()) -> DatasetStore | PredictionStore:
+    """The ``if`` array (N, 5, H, W) and field table of a dataset or a prediction store (the feature stage
+    measures both alike): a :class:`PredictionStore` when the store's attrs name a method, else a
+    :class:`DatasetStore`.
+
+    Raises:
+        CellResDMError: naming the store and the missing or invalid array, table or column.
+    """
+    path = Path(path)
+    kind = "image store"
+    root = _open_group(path, kind)
+    store_class = PredictionStore if "method" in root.attrs else DatasetStore
+    opened = _images(root, path, store_class.kind, {"if": len(layout.IF_CHANNELS)}, ("if",))
+    store = store_class(path, opened, dict(root.attrs), _table(path, store_class.kind, _FIELDS, columns))
+    _check_rows(store)
+    return store
+
+
 def open_instances(path: str | os.PathLike, columns: Sequence[str] = ()) -> InstanceStore:
     """Open and check an instance store (arrays stay lazy; :meth:`InstanceStore.load` reads them).
 

@@ -31,6 +31,7 @@ from cellresdm.report import (
     throughput_table,
     write_report,
 )
+from cellresdm.stores import write_instances
 
 N, H = 4, 24
 PLATES = ("P1", "P2")
@@ -96,11 +97,8 @@ def _sample_record(method: str, seconds: float, **extra) -> dict:
 
 
 def _instances(path: Path, seconds: float, **attrs) -> Path:
-    return _store(
-        path,
-        {"nuclei": np.zeros((N, H, H), np.int32)},
-        {"source": path.name, "seconds_per_field": seconds, **attrs},
-    )
+    arrays = {"nuclei": np.zeros((N, H, H), np.int32)}
+    return write_instances(path, path.name, arrays, _fields(), {"seconds_per_field": seconds, **attrs})
 
 
 def _gt_index(path: Path, seconds: list[float]) -> Path:

@@ -26,6 +26,7 @@ from cellresdm.features.cpmeasure import cp_measure_chunk
 from cellresdm.features.exports import chunk_features
 from cellresdm.features.settings import FeatureSettings
 from cellresdm.io import write_parquet
+from cellresdm.stores import open_dataset, open_if_images
 
 _LOG = logging.getLogger("cellresdm")
 
@@ -146,24 +147,13 @@ def extract_features(
         CellResDMError: unreadable input, no CellProfiler, or CellProfiler failed (the message names the
             chunk and image set and quotes the tail of its log).
     """
-    import zarr
-
     log = log or _LOG
     src = Path(dataset_or_predictions)
     if workers < 1:
         raise ConfigError(f"features workers must be >= 1, got {workers}")
-    try:
-        root = zarr.open_group(str(src), mode="r")
-        images = root["if"]
-        fields = pd.read_parquet(src / "fields.parquet")
-    except (OSError, KeyError, ValueError) as exc:
-        raise CellResDMError(f"{src}: cannot read `if` and fields.parquet: {exc}") from exc
-    if images.ndim != 4 or images.shape[1] != len(layout.IF_CHANNELS) or images.shape[0] != len(fields):
-        raise CellResDMError(f"{src}: `if` {images.shape} must be (N, 5, H, W) with N = {len(fields)} fields")
-    need = {"plate", "cell_line", "well", "site", "field"}
-    if need - set(fields.columns):
-        raise CellResDMError(f"{src / 'fields.parquet'} lacks columns {sorted(need - set(fields.columns))}")
-    attrs = dict(zarr.open_group(str(reference), mode="r").attrs) if reference else dict(root.attrs)
+    store = open_if_images(src, columns=("plate", "cell_line", "well", "site", "field"))
+    images, fields = store["if"], store.fields
+    attrs = open_dataset(reference, arrays=()).attrs if reference else store.attrs
     if attrs.get("source_shape") and attrs.get("shape"):
         factor = float(attrs["source_shape"][0]) / float(attrs["shape"][0])
         settings = settings.at_pixel_size(settings.segmentation.pixel_size_um * factor)
@@ -173,7 +163,7 @@ def extract_features(
     fields = fields.iloc[:n].reset_index(drop=True)
     ids = [_image_id(p, f) for p, f in zip(fields["plate"].astype(str), fields["field"].astype(str), strict=True)]
     if len(set(ids)) != len(ids):
-        raise CellResDMError(f"{src / 'fields.parquet'} lists a (plate, field) twice")
+        raise CellResDMError(f"{src}: its field table lists a (plate, field) twice")
     exe = resolve_cellprofiler(cellprofiler)
     n_chunks = max(math.ceil(n / settings.chunk_size), min(workers, n))
     chunks = [c for c in np.array_split(np.arange(n), n_chunks) if len(c)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +13,9 @@ from cellresdm import layout
 from cellresdm.errors import CellResDMError
 from cellresdm.io import atomic_path
 from cellresdm.metrics import TRIVIAL
-from cellresdm.report.reading import array, open_group, require_columns
+from cellresdm.report.reading import require_columns
 from cellresdm.stats import ALPHA
+from cellresdm.stores import open_dataset, open_predictions
 
 #: Marker above a method's box when the reference is significantly better than that method.
 REFERENCE_BETTER = "*"
@@ -97,10 +97,8 @@ def fig4_examples(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    real = open_group(dataset)
-    bf = array(real, "bf", dataset, 4)
-    real_if = array(real, "if", dataset, 4)
-    real_b = array(real, "boundaries", dataset, 4)
+    real = open_dataset(dataset, arrays=("bf", "if", "boundaries"))
+    bf, real_if, real_b = real["bf"], real["if"], real["boundaries"]
     n = real_if.shape[0]
     if index is None:
         index = median_index(quality, reference) if quality is not None else 0
@@ -109,9 +107,8 @@ def fig4_examples(
     truth = np.concatenate([np.asarray(real_if[index]), np.asarray(real_b[index])]).astype(np.float32)
     rows: dict[str, np.ndarray] = {"real": truth}
     for method, path in predictions.items():
-        store = open_group(path)
-        pred_if = array(store, "if", path, 4)
-        pred_b = array(store, "boundaries", path, 4)
+        store = open_predictions(path, arrays=("if", "boundaries"))
+        pred_if, pred_b = store["if"], store["boundaries"]
         if pred_if.shape != real_if.shape or pred_b.shape != real_b.shape:
             raise CellResDMError(
                 f"{path}: predictions {pred_if.shape} / {pred_b.shape} do not match the dataset {dataset} "
@@ -119,11 +116,8 @@ def fig4_examples(
             )
         rows[method] = np.concatenate([np.asarray(pred_if[index]), np.asarray(pred_b[index])]).astype(np.float32)
     field_name = ""
-    fields_file = Path(dataset) / "fields.parquet"
-    if fields_file.is_file():
-        fields = pd.read_parquet(fields_file)
-        if {"plate", "field"} <= set(fields.columns) and len(fields) == n:
-            field_name = f"{fields['plate'].iloc[index]} {fields['field'].iloc[index]}"
+    if {"plate", "field"} <= set(real.fields.columns):
+        field_name = f"{real.fields['plate'].iloc[index]} {real.fields['field'].iloc[index]}"
     bf_plane = np.asarray(bf[index, 0], dtype=np.float32)
     ranges = [display_ranges(bf_plane[None])[0], *display_ranges(truth)]
 

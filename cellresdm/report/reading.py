@@ -1,8 +1,5 @@
-"""Readers of the report's input files, each failing with one error that names the file.
-
-The zarr reads (:func:`open_group`, :func:`array`, :func:`is_store`) are kept together here so that the
-report switches to the shared store module in one place.
-"""
+"""Readers of the report's input files, each failing with one error that names the file (the zarr stores are
+read through :mod:`cellresdm.stores`)."""
 
 from __future__ import annotations
 
@@ -16,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cellresdm.errors import CellResDMError
+from cellresdm.stores import store_exists
 
 
 def read_table(path: str | os.PathLike, what: str) -> pd.DataFrame:
@@ -65,36 +63,4 @@ def exists(path: str | os.PathLike | None, zarr_store: bool = False) -> bool:
     """Whether the file (or, with ``zarr_store``, the zarr store) at ``path`` exists; False for None."""
     if path is None:
         return False
-    return is_store(path) if zarr_store else Path(path).is_file()
-
-
-# ------------------------------------------------------------------------------------------------- zarr
-
-
-def is_store(path: str | os.PathLike) -> bool:
-    """Whether ``path`` holds a zarr v3 store (its ``zarr.json``)."""
-    return (Path(path) / "zarr.json").is_file()
-
-
-def open_group(path: str | os.PathLike) -> Any:
-    """The zarr group at ``path``, read-only; one clear error when missing or unreadable."""
-    import zarr
-
-    path = Path(path)
-    if not is_store(path):
-        raise CellResDMError(f"{path}: zarr store is missing (no zarr.json)")
-    try:
-        return zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for corrupt metadata
-        raise CellResDMError(f"{path}: cannot open zarr store ({type(exc).__name__}: {exc})") from exc
-
-
-def array(group: Any, name: str, path: str | os.PathLike, ndim: int) -> Any:
-    """Array ``name`` of ``group`` (the store at ``path``), which must have ``ndim`` dimensions."""
-    try:
-        arr = group[name]
-    except KeyError:
-        raise CellResDMError(f"{path}: array {name!r} is missing") from None
-    if arr.ndim != ndim:
-        raise CellResDMError(f"{path}: array {name!r} must have {ndim} dimensions, got shape {arr.shape}")
-    return arr
+    return store_exists(path) if zarr_store else Path(path).is_file()

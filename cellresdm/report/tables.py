@@ -13,7 +13,8 @@ import pandas as pd
 
 from cellresdm.errors import CellResDMError
 from cellresdm.io import load_torch_dict
-from cellresdm.report.reading import is_store, open_group, read_json, read_table, require_columns, size_text
+from cellresdm.report.reading import read_json, read_table, require_columns, size_text
+from cellresdm.stores import open_instances, store_exists
 
 #: Methods trained with a GAN loss, whose checkpoint config says whether the VGG perceptual loss was on.
 GAN_METHODS: tuple[str, ...] = ("pix2pix", "spade")
@@ -129,12 +130,10 @@ def throughput_table(
             }
         )
     for source, path in (instances or {}).items():
-        group = open_group(path)
-        attrs = dict(group.attrs)
-        if "seconds_per_field" not in attrs:
-            raise CellResDMError(f"{path}: instances store attrs lack 'seconds_per_field'")
-        spf = float(attrs["seconds_per_field"])
-        shape = group["nuclei"].shape if "nuclei" in group else None
+        store = open_instances(path)
+        attrs = store.attrs
+        spf = float(store.attr("seconds_per_field"))
+        shape = store.arrays["nuclei"].shape if "nuclei" in store.arrays else None
         stardist = source.startswith("stardist")
         rows.append(
             {
@@ -274,7 +273,7 @@ def methods_status(
         enabled = method in config_methods
         model = Path(models[method]) if method in models else None
         trained = bool(model is not None and model.is_file())
-        sampled = bool(method in predictions and is_store(predictions[method]))
+        sampled = bool(method in predictions and store_exists(predictions[method]))
         perceptual = ""
         if trained and method in GAN_METHODS:
             section = _checkpoint_config(model).get(method, {})
