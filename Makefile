@@ -7,7 +7,7 @@ CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake
 export JAVA_HOME ?= /usr/lib/jvm/java-17-openjdk-amd64
 
-.PHONY: setup demo test bench lint clean-demo
+.PHONY: setup demo test bench lint docs clean-demo
 
 ## setup: create the main environment (.venv) and the CellProfiler 4.2.8.1 one (.venv-cp) if missing
 setup: $(VENV)/.installed $(CP_VENV)/.installed
@@ -42,6 +42,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile rules/
 	$(SNAKEMAKE) --lint
+
+## docs: regenerate the outputs table of docs/design.md from cellresdm/results.py
+docs: setup
+	$(BIN)/python -m cellresdm.results --update-design docs/design.md
 
 clean-demo:
 	rm -rf "$$($(BIN)/python -c 'from cellresdm.results import DEFAULT_ROOT; print(DEFAULT_ROOT)')" .snakemake

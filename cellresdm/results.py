@@ -570,10 +570,28 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Markers around the generated table in docs/design.md.
+DESIGN_BEGIN, DESIGN_END = "<!-- outputs:begin -->\n", "<!-- outputs:end -->"
+
+
+def update_design_page(path: str) -> None:
+    """Rewrite the outputs table between :data:`DESIGN_BEGIN` and :data:`DESIGN_END` of the page at ``path``."""
+    with open(path, encoding="utf-8") as handle:
+        page = handle.read()
+    head, rest = page.split(DESIGN_BEGIN, 1)
+    tail = rest.split(DESIGN_END, 1)[1]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(head + DESIGN_BEGIN + markdown_table() + DESIGN_END + tail)
+
+
 def main(argv: list[str]) -> None:
-    """``python -m cellresdm.results``: the outputs table; ``... NAME [WILDCARD=VALUE ...]``: one output's path."""
+    """``python -m cellresdm.results``: the outputs table; ``... --update-design PAGE``: rewrite it in the design
+    page; ``... NAME [WILDCARD=VALUE ...]``: one output's path."""
     if not argv:
         sys.stdout.write(markdown_table())
+        return
+    if argv[0] == "--update-design":
+        update_design_page(argv[1])
         return
     wildcards = dict(arg.split("=", 1) for arg in argv[1:])
     print(ResultsLayout().path(argv[0], **wildcards))

@@ -61,8 +61,15 @@ def test_every_writer_exists():
 
 def test_design_page_section_5_is_the_layout():
     page = (REPO / "docs" / "design.md").read_text()
-    table = page.split("<!-- outputs:begin -->\n", 1)[1].split("<!-- outputs:end -->", 1)[0]
-    assert table == markdown_table(), "docs/design.md is stale: paste `python -m cellresdm.results` into section 5"
+    table = page.split(results.DESIGN_BEGIN, 1)[1].split(results.DESIGN_END, 1)[0]
+    assert table == markdown_table(), "docs/design.md is stale: run `make docs`"
+
+
+def test_update_design_page_rewrites_only_the_table(tmp_path):
+    page = tmp_path / "design.md"
+    page.write_text(f"# head\n{results.DESIGN_BEGIN}old\n{results.DESIGN_END}\ntail\n")
+    results.update_design_page(str(page))
+    assert page.read_text() == f"# head\n{results.DESIGN_BEGIN}{markdown_table()}{results.DESIGN_END}\ntail\n"
 
 
 def test_no_other_file_spells_a_results_path():
