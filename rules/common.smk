@@ -36,6 +36,22 @@ def gallery_settings():
     return {**config["gallery"], "root": RESULTS.demo_gallery(), "endpoint_url": None}
 
 
+def demo_gallery_root(wildcards):
+    return RESULTS.demo_gallery()
+
+
+def demo_truth_dir(wildcards):
+    return RESULTS.demo_truth(wildcards.plate)
+
+
+def method_model_dir(wildcards):
+    return RESULTS.model_dir(wildcards.method)
+
+
+def vqgan_model_dir(wildcards):
+    return RESULTS.model_dir("vqgan")
+
+
 def plate_cell_line(wildcards):
     return PLATES[wildcards.plate]["cell_line"]
 

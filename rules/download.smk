@@ -18,8 +18,8 @@ rule synth_plate:
     params:
         cell_line=plate_cell_line,
         demo=config["demo"],
-        gallery_root=RESULTS.demo_gallery(),
-        truth_dir=RESULTS.demo_truth("{plate}"),
+        gallery_root=demo_gallery_root,
+        truth_dir=demo_truth_dir,
     script:
         "../workflow_scripts/synth_plate.py"
 

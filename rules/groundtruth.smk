@@ -41,7 +41,7 @@ rule groundtruth_qc:
         mem_mb=2000,
         runtime=30,
     params:
-        truth_dir=RESULTS.demo_truth("{plate}"),
+        truth_dir=demo_truth_dir,
         iou=config["groundtruth"]["qc_iou"],
     script:
         "../workflow_scripts/groundtruth_qc.py"

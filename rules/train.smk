@@ -20,7 +20,7 @@ rule train:
         runtime=2880,
     params:
         config=method_train_config,
-        out_dir=RESULTS.model_dir("{method}"),
+        out_dir=method_model_dir,
     script:
         "../workflow_scripts/train.py"
 
@@ -44,6 +44,6 @@ rule train_vqgan:
         runtime=1440,
     params:
         config=vqgan_train_config,
-        out_dir=RESULTS.model_dir("vqgan"),
+        out_dir=vqgan_model_dir,
     script:
         "../workflow_scripts/train_vqgan.py"
