@@ -63,6 +63,21 @@ def _items(root: Path) -> dict[str, Path]:
     return items
 
 
+#: Stands for a results folder's own location in paths recorded inside it (so two folders compare equal).
+ROOT_TOKEN = "<results>"
+
+
+def _relative(value: Any, root: Path) -> Any:
+    """``value`` with the absolute location of the results folder ``root`` replaced by :data:`ROOT_TOKEN`."""
+    if isinstance(value, str):
+        return value.replace(str(root.absolute()), ROOT_TOKEN)
+    if isinstance(value, dict):
+        return {k: _relative(v, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_relative(v, root) for v in value]
+    return value
+
+
 def _without_timing(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_timing(v) for k, v in value.items() if not TIMING.search(str(k))}
@@ -77,9 +92,17 @@ def _read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
 
 
-def _compare_tables(old: pd.DataFrame, new: pd.DataFrame) -> str | None:
-    old = old[[c for c in old.columns if not TIMING.search(str(c))]]
-    new = new[[c for c in new.columns if not TIMING.search(str(c))]]
+def _comparable(table: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Without timing columns; text columns with the results folder's location replaced by :data:`ROOT_TOKEN`."""
+    table = table[[c for c in table.columns if not TIMING.search(str(c))]].copy()
+    for column in table.columns:
+        if table[column].dtype == object or pd.api.types.is_string_dtype(table[column]):
+            table[column] = table[column].map(lambda v: _relative(v, root))
+    return table
+
+
+def _compare_tables(old: pd.DataFrame, new: pd.DataFrame, roots: tuple[Path, Path]) -> str | None:
+    old, new = _comparable(old, roots[0]), _comparable(new, roots[1])
     try:
         pd.testing.assert_frame_equal(old, new, check_exact=True)
     except AssertionError as exc:
@@ -101,7 +124,7 @@ def _compare_arrays(old: np.ndarray, new: np.ndarray) -> str | None:
     return f"{int(differ.sum())} of {old.size} values differ"
 
 
-def _compare_stores(old: Path, new: Path) -> Iterator[str]:
+def _compare_stores(old: Path, new: Path, roots: tuple[Path, Path]) -> Iterator[str]:
     import zarr
 
     a, b = zarr.open_group(str(old), mode="r"), zarr.open_group(str(new), mode="r")
@@ -112,18 +135,18 @@ def _compare_stores(old: Path, new: Path) -> Iterator[str]:
         problem = _compare_arrays(np.asarray(a_arrays[name][...]), np.asarray(b_arrays[name][...]))
         if problem:
             yield f"array {name!r}: {problem}"
-    if _without_timing(dict(a.attrs)) != _without_timing(dict(b.attrs)):
+    if _relative(_without_timing(dict(a.attrs)), roots[0]) != _relative(_without_timing(dict(b.attrs)), roots[1]):
         yield "attrs differ"
     for table in sorted({p.name for p in old.glob("*.parquet")} | {p.name for p in new.glob("*.parquet")}):
         if not ((old / table).is_file() and (new / table).is_file()):
             yield f"{table} is in one store only"
             continue
-        problem = _compare_tables(pd.read_parquet(old / table), pd.read_parquet(new / table))
+        problem = _compare_tables(pd.read_parquet(old / table), pd.read_parquet(new / table), roots)
         if problem:
             yield f"{table}: {problem}"
 
 
-def _compare_torch(old: Path, new: Path) -> Iterator[str]:
+def _compare_torch(old: Path, new: Path, roots: tuple[Path, Path]) -> Iterator[str]:
     import torch
 
     def flat(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -150,6 +173,7 @@ def _compare_torch(old: Path, new: Path) -> Iterator[str]:
             elif not torch.equal(x, y):
                 problem = _compare_arrays(x.detach().double().numpy(), y.detach().double().numpy())
         else:
+            x, y = _relative(x, roots[0]), _relative(y, roots[1])
             problem = None if _equal_values(x, y) else f"{x!r:.80} vs {y!r:.80}"
         if problem:
             yield f"{key}: {problem}"
@@ -186,14 +210,17 @@ def _compare_hdf5(old: Path, new: Path) -> Iterator[str]:
             yield f"{name}: {problem}"
 
 
-def _compare_files(old: Path, new: Path) -> Iterator[str]:
+def _compare_files(old: Path, new: Path, roots: tuple[Path, Path]) -> Iterator[str]:
     suffix = old.suffix
     if suffix in TABLE_SUFFIXES:
-        problem = _compare_tables(_read_table(old), _read_table(new))
+        problem = _compare_tables(_read_table(old), _read_table(new), roots)
         if problem:
             yield problem
     elif suffix == ".json":
-        if _without_timing(json.loads(old.read_text())) != _without_timing(json.loads(new.read_text())):
+        a, b = (
+            _relative(_without_timing(json.loads(p.read_text())), r) for p, r in zip((old, new), roots, strict=True)
+        )
+        if a != b:
             yield "JSON values differ"
     elif suffix in (".tif", ".tiff"):
         import tifffile
@@ -202,7 +229,7 @@ def _compare_files(old: Path, new: Path) -> Iterator[str]:
         if problem:
             yield problem
     elif suffix == ".pt":
-        yield from _compare_torch(old, new)
+        yield from _compare_torch(old, new, roots)
     elif suffix == ".h5":
         yield from _compare_hdf5(old, new)
     elif suffix in RENDERED_SUFFIXES:
@@ -230,5 +257,5 @@ def compare_results(old: str | Path, new: str | Path) -> list[Difference]:
             differences.append(Difference(rel, "a zarr store in one folder, a file in the other"))
             continue
         compare = _compare_stores if _is_store(a[rel]) else _compare_files
-        differences += [Difference(rel, what) for what in compare(a[rel], b[rel])]
+        differences += [Difference(rel, what) for what in compare(a[rel], b[rel], (old, new))]
     return differences
