@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from cellresdm.config import validate_config
+from cellresdm.config import section, validate_config
 from cellresdm.errors import CellResDMError
 from cellresdm.methods import build_method
 from cellresdm.methods.base import condition_of, target_of
@@ -54,7 +54,12 @@ def test_condition_repeats_the_in_focus_plane_under_the_if_channels():
 def test_overfits_four_fixed_images_and_samples_them(tmp_path):
     method = tiny_method()
     data = FixedImages()
-    settings = TrainSettings(steps=250, batch_size=4, lr=3e-3, warmup_steps=5, ema_decay=0.9, checkpoint_every=250)
+    settings = TrainSettings.from_config(
+        section(
+            "train",
+            {"steps": 250, "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "ema_decay": 0.9, "checkpoint_every": 250},
+        )
+    )
     model_path = Trainer(
         method.network, method.loss, data, settings, tmp_path, config=method.config(), progress=False
     ).train()

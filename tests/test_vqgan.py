@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from cellresdm.config import section
 from cellresdm.errors import CellResDMError
 from cellresdm.methods.base import target_of
 from cellresdm.methods.vqgan import VQGANStage, load_vqgan, save_vqgan, train_settings, train_vqgan
@@ -131,7 +132,12 @@ def test_reconstruction_error_falls_with_the_shared_trainer(tmp_path):
             return float((stage.network.vqgan(x)[0] - x).abs().mean())
 
     before = l1()
-    settings = TrainSettings(steps=60, batch_size=4, lr=3e-3, warmup_steps=5, ema_decay=0.5, checkpoint_every=60)
+    settings = TrainSettings.from_config(
+        section(
+            "train",
+            {"steps": 60, "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "ema_decay": 0.5, "checkpoint_every": 60},
+        )
+    )
     model_path = Trainer(
         stage.network,
         stage.loss,

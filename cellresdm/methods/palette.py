@@ -182,8 +182,8 @@ class ConditionalDDPM(Method):
         noise = torch.randn(x0.shape, generator=generator).to(device)
         dropped = (torch.rand(b, generator=generator) < self.p_uncond).to(device)
         y = torch.where(dropped[:, None, None, None], torch.zeros_like(y), y)
-        losses = self.diffusion.training_loss(lambda x_t, tt: self._eps(network, x_t, tt, y), x0, t, noise)
-        return losses.mean()
+        losses = self.diffusion.training_losses(lambda x_t, tt: self._eps(network, x_t, tt, y), x0, t, noise)
+        return losses["loss"].mean()
 
     def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         return (1, batch, N_OUTPUT_CHANNELS, height, width)
