@@ -73,7 +73,7 @@ class CellResDMLatent(Method):
         net: SwinUNetConfig,
         autoencoder: VQGAN,
         vqgan_checkpoint: str,
-        loss_weighting: str = "uniform",
+        loss_weighting: str,
         name: str = SECTION,
     ) -> None:
         latent_channels = len(CHANNEL_GROUPS) * autoencoder.config.embed_dim

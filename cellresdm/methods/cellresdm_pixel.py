@@ -21,7 +21,7 @@ class CellResDM(Method):
 
     name = "cellresdm"
 
-    def __init__(self, schedule: ResShiftSchedule, net: SwinUNetConfig, loss_weighting: str = "uniform"):
+    def __init__(self, schedule: ResShiftSchedule, net: SwinUNetConfig, loss_weighting: str):
         self.schedule = schedule
         self.net_config = net
         self.loss_weighting = loss_weighting

@@ -82,11 +82,10 @@ class ConditionalDDPM(Method):
         self,
         schedule: DDPMSchedule,
         net: UNetConfig,
-        sample_steps: int | None = None,
-        guidance_scale: float = 0.0,
-        p_uncond: float = 0.1,
+        sample_steps: int,
+        guidance_scale: float,
+        p_uncond: float,
     ):
-        sample_steps = schedule.steps if sample_steps is None else sample_steps
         if not 1 <= sample_steps <= schedule.steps:
             raise ConfigError(f"{self.name}.sample_steps must be in [1, {self.name}.steps={schedule.steps}]")
         if not 0 <= p_uncond < 1:
