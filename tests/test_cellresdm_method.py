@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pandas as pd
 import pytest
 import torch
@@ -9,8 +11,8 @@ from torch.utils.data import Dataset
 
 from cellresdm.config import section, validate_config
 from cellresdm.errors import CellResDMError
-from cellresdm.methods import build_method
-from cellresdm.methods.base import condition_of, target_of
+from cellresdm.methods import _REGISTRY, build_method, cellresdm_latent, cellresdm_pixel, method_names, resshift_common
+from cellresdm.methods.base import Method, condition_of, target_of
 from cellresdm.sample import SampleSettings, predict_field
 from cellresdm.steps import sample_method
 from cellresdm.train import Trainer, TrainSettings, load_model_weights
@@ -49,6 +51,16 @@ def test_condition_repeats_the_in_focus_plane_under_the_if_channels():
     torch.testing.assert_close(y0[:, 5:], bf[:, 1:] * 2 - 1)
     batch = {"if": torch.zeros(1, 5, 4, 4), "boundaries": torch.ones(1, 2, 4, 4)}
     assert target_of(batch)[0, :5].eq(-1).all() and target_of(batch)[0, 5:].eq(1).all()
+
+
+def test_every_method_implements_from_config():
+    assert "from_config" in Method.__abstractmethods__
+    for name in method_names():
+        module, cls = _REGISTRY[name]
+        method = getattr(importlib.import_module(module), cls)
+        assert not getattr(method.from_config, "__isabstractmethod__", False), name
+    # pixel and latent CellResDM share one set of ResShift helpers
+    assert cellresdm_pixel.resshift_loss is cellresdm_latent.resshift_loss is resshift_common.resshift_loss
 
 
 def test_overfits_four_fixed_images_and_samples_them(tmp_path):
