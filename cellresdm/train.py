@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from cellresdm.config import section as validated_section
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import atomic_path, load_torch_dict
 
@@ -147,10 +148,8 @@ class TrainSettings:
         Raises:
             ConfigError: naming the first invalid key, as ``train.<key>``.
         """
-        from cellresdm.config import section
-
-        values = {**asdict(self), "betas": list(self.betas)}
-        section("train", values)
+        values = {**asdict(self), "betas": list(self.betas)}  # JSON arrays are lists
+        validated_section("train", values)
         for key, value in values.items():
             numbers = value if isinstance(value, list) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):

@@ -181,7 +181,7 @@ def test_train_vqgan_uses_its_own_train_overrides(tmp_path):
         "num_workers": 0,
         "seed": 0,
     }
-    config = {"train": train, "vqgan": {**TINY, "train": {"steps": 2}}}
+    config = {"train": section("train", train), "vqgan": {**TINY, "train": {"steps": 2}}}
     assert train_settings(config)["steps"] == 2 and train_settings(config)["lr"] == 1e-3
     path = train_vqgan(config, tmp_path / "train.zarr", tmp_path / "vqgan")
     checkpoint = torch.load(path, weights_only=True)
