@@ -59,7 +59,12 @@ class RandomFields(torch.utils.data.Dataset):
 
 def test_training_throughput_bf16(tmp_path):
     method = paper_method()
-    settings = TrainSettings(steps=30, batch_size=8, lr=1e-4, warmup_steps=5, checkpoint_every=30, amp="bf16")
+    settings = TrainSettings.from_config(
+        section(
+            "train",
+            {"steps": 30, "batch_size": 8, "lr": 1e-4, "warmup_steps": 5, "checkpoint_every": 30, "amp": "bf16"},
+        )
+    )
     Trainer(method.network, method.loss, RandomFields(64, 256), settings, tmp_path, progress=False).train()
     import pandas as pd
 

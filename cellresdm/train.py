@@ -36,7 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from cellresdm.config import section as validated_section
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import atomic_path, load_torch_dict
 
@@ -58,7 +59,10 @@ __all__ = [
     "MODEL_NAME",
     "EpochBatchSampler",
     "LossFn",
+    "RunContext",
+    "StepResult",
     "TrainSettings",
+    "TrainState",
     "Trainer",
     "derive_seed",
     "load_model_weights",
@@ -87,7 +91,8 @@ LossFn = Callable[[nn.Module, dict[str, Tensor], torch.Generator], Tensor]
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation settings (config section ``train``).
+    """Optimisation settings: the validated config section ``train``, whose schema holds every key's default,
+    limits and description; build with :meth:`from_config`.
 
     Attributes:
         steps: optimizer steps of the run.
@@ -97,7 +102,7 @@ class TrainSettings:
         betas: AdamW betas.
         warmup_steps: linear warmup from ``lr / warmup_steps`` to ``lr`` over the first steps.
         min_lr_ratio: the cosine decays from ``lr`` to ``lr * min_lr_ratio`` at ``steps`` (see :func:`lr_at`).
-        ema_decay: per-step decay of the weight EMA used for sampling.
+        ema_decay: per-step decay of the weight EMA used for sampling, in [0, 1).
         grad_clip: max global gradient norm; 0 turns clipping off (the norm is still logged).
         checkpoint_every: steps between checkpoints (one is also written at the end).
         log_every: steps between log lines.
@@ -106,63 +111,49 @@ class TrainSettings:
         amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` (always) or ``"off"``.
     """
 
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 200
-    log_every: int = 10
-    seed: int = 0
-    num_workers: int = 0
-    amp: str = "auto"
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_steps: int
+    min_lr_ratio: float
+    ema_decay: float
+    grad_clip: float
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    num_workers: int
+    amp: str
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> TrainSettings:
-        """From a validated config section ``train`` (keys the section does not set keep these defaults)."""
-        keys = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "ema_decay", "grad_clip")
-        keys += ("checkpoint_every", "num_workers", "seed")
-        return cls(**{key: section[key] for key in keys if key in section})
+        """From a validated config section ``train`` (every key present, as validation fills the schema's
+        defaults: e.g. ``cellresdm.config.section("train", overrides)``).
+
+        Raises:
+            ConfigError: a field is missing from ``section`` (it was not validated), naming the key.
+        """
+        missing = [f.name for f in fields(cls) if f.name not in section]
+        if missing:
+            raise ConfigError(f"config section 'train' lacks {', '.join(f'train.{k}' for k in missing)}")
+        values = {f.name: section[f.name] for f in fields(cls)}
+        values["betas"] = tuple(values["betas"])  # a tuple, as AdamW and the saved settings have always had it
+        return cls(**values)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid field."""
+        """Check the settings against the schema of section ``train`` (where every per-key limit lives) and
+        that every number is finite (which a JSON schema cannot say).
 
-        def need(ok: bool, field: str, rule: str) -> None:
-            if not ok:
-                raise ConfigError(f"train.{field} must be {rule}, got {getattr(self, field)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return (
-                isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) and math.isfinite(v)
-            )
-
-        need(is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1")
-        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
-        need(is_num(self.lr) and self.lr > 0, "lr", "a number > 0")
-        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
-        need(
-            isinstance(self.betas, tuple | list)
-            and len(self.betas) == 2
-            and all(is_num(b) and 0 <= b < 1 for b in self.betas),
-            "betas",
-            "two numbers in [0, 1)",
-        )
-        need(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
-        need(is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]")
-        need(is_num(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)")
-        need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0 = off)")
-        need(is_int(self.checkpoint_every) and self.checkpoint_every >= 1, "checkpoint_every", "an integer >= 1")
-        need(is_int(self.log_every) and self.log_every >= 1, "log_every", "an integer >= 1")
-        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
-        need(is_int(self.num_workers) and self.num_workers >= 0, "num_workers", "an integer >= 0")
-        need(self.amp in ("auto", "bf16", "off"), "amp", "'auto', 'bf16' or 'off'")
+        Raises:
+            ConfigError: naming the first invalid key, as ``train.<key>``.
+        """
+        values = {**asdict(self), "betas": list(self.betas)}  # JSON arrays are lists
+        validated_section("train", values)
+        for key, value in values.items():
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ConfigError(f"config key 'train.{key}': must be a finite number, got {value!r}")
 
 
 def derive_seed(*keys: int) -> int:
@@ -292,8 +283,79 @@ def _shape_mismatches(saved: dict[str, Tensor], current: dict[str, Tensor]) -> l
     return out
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run happens: its device and process group, and how the dataset cuts into batches.
+
+    Attributes:
+        device: the training device.
+        world_size: processes of the run (1 without torchrun).
+        rank: this process's rank (0 without torchrun).
+        distributed: a process group joins the ranks (DDP, all-reduced losses, barriers around checkpoints).
+        log: this rank's logger (ranks other than 0 keep only their warnings).
+        dataset_size: items in the dataset.
+        batches_per_epoch: full global batches per epoch (the rest of the dataset is dropped).
+    """
+
+    device: torch.device
+    world_size: int
+    rank: int
+    distributed: bool
+    log: logging.Logger
+    dataset_size: int
+    batches_per_epoch: int
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes files, logs and draws the progress bar."""
+        return self.rank == 0
+
+
+@dataclass
+class TrainState:
+    """What the steps change: the weights, their EMA, the optimizer, the step count and the log rows.
+
+    Attributes:
+        model: the unwrapped network on the training device (what checkpoints hold).
+        net: what ``loss_fn`` is called with: ``model``, or its DistributedDataParallel wrapper.
+        ema: the EMA copy of ``model`` (no gradients, eval mode).
+        optimizer: AdamW over ``model``'s parameters.
+        step: optimizer steps done.
+        rows: ``train_log.csv`` rows of steps 1..``step`` (rank 0; empty on the other ranks).
+    """
+
+    model: nn.Module
+    net: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # fixed lists, so every step updates the EMA and clips the gradients in the same order
+        self.params = list(self.model.parameters())
+        self.ema_params = list(self.ema.parameters())
+        self.buffers = list(self.model.buffers())
+        self.ema_buffers = list(self.ema.buffers())
+        self.trainable = [p for p in self.params if p.requires_grad]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step reports: its learning rate, the (rank-averaged) loss and the gradient norm
+    before clipping."""
+
+    lr: float
+    loss: float
+    grad_norm: float
+
+
 class Trainer:
     """Train ``model`` by minimising ``loss_fn`` over ``dataset``; see the module docstring.
+
+    The work is split as in improved-diffusion's ``TrainLoop``: :meth:`train` joins the process group and calls
+    :meth:`run_loop`, which runs :meth:`run_step` (:meth:`forward_backward`, then :meth:`optimize`) over each
+    epoch's batches, :meth:`log_step` after every step and :meth:`save` every ``checkpoint_every`` steps.
 
     Args:
         model: the network (left on the training device; its weights end as the raw trained weights).
@@ -351,7 +413,26 @@ class Trainer:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _check_compatible(self, path: Path, saved: dict[str, Any], world_size: int, dataset_size: int) -> None:
+    def _context(self, device: torch.device, world_size: int) -> RunContext:
+        """The run's :class:`RunContext`; raises if the process group or the dataset does not fit."""
+        distributed = world_size > 1 and dist.is_initialized()
+        rank = dist.get_rank() if distributed else 0
+        if distributed and dist.get_world_size() != world_size:
+            raise CellResDMError(f"WORLD_SIZE={world_size} but the process group has {dist.get_world_size()}")
+        log = self.log
+        if rank != 0:  # only rank 0 logs; the others keep their warnings
+            log = logging.getLogger(f"{__name__}.rank{rank}")
+            log.setLevel(logging.WARNING)
+        dataset_size = len(self.dataset)  # type: ignore[arg-type]
+        global_batch = self.settings.batch_size * world_size
+        if dataset_size < global_batch:
+            raise CellResDMError(
+                f"the dataset has {dataset_size} items, fewer than one batch of {global_batch} "
+                f"(batch_size {self.settings.batch_size} x {world_size} processes)"
+            )
+        return RunContext(device, world_size, rank, distributed, log, dataset_size, dataset_size // global_batch)
+
+    def _check_compatible(self, path: Path, saved: dict[str, Any], run: RunContext) -> None:
         """Raise if the run saved at ``path`` cannot be continued with the current settings, data and model."""
         problems = []
         old = saved.get("settings") or {}
@@ -359,10 +440,10 @@ class Trainer:
         for key in _RESUME_KEYS:
             if old.get(key) != new[key]:
                 problems.append(f"{key} {old.get(key)!r} (now {new[key]!r})")
-        for key, now in (("world_size", world_size), ("dataset_size", dataset_size)):
+        for key, now in (("world_size", run.world_size), ("dataset_size", run.dataset_size)):
             if key in saved and saved[key] != now:
                 problems.append(f"{key} {saved[key]!r} (now {now!r})")
-        mismatches = _shape_mismatches(saved["model"], self._raw_model.state_dict())
+        mismatches = _shape_mismatches(saved["model"], self.model.state_dict())
         if mismatches:
             more = f" and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
             problems.append(f"model weights differ: {'; '.join(mismatches[:3])}{more}")
@@ -371,6 +452,73 @@ class Trainer:
                 f"{path} comes from an incompatible run: {', '.join(problems)}. Delete {path.parent} "
                 "(or its checkpoint.pt and model.pt) to start over, or train into another out_dir"
             )
+
+    def _is_finished(self, run: RunContext) -> bool:
+        """Whether ``model.pt`` holds this run at ``settings.steps`` (it must come from a compatible run)."""
+        if not self.model_path.is_file():
+            return False
+        finished = _load(self.model_path)
+        self._check_compatible(self.model_path, finished, run)
+        return finished.get("step") == self.settings.steps
+
+    def _initial_state(self, run: RunContext) -> TrainState:
+        """Model on the device, AdamW and EMA, resumed from ``checkpoint.pt`` where present, DDP-wrapped when
+        distributed."""
+        s = self.settings
+        torch.manual_seed(s.seed)
+        model = self.model.to(run.device)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr_at(0, s), betas=tuple(s.betas), weight_decay=s.weight_decay
+        )
+        ema = _copy_for_ema(model)
+        step, rows = 0, []
+        if self.checkpoint_path.is_file():
+            step, rows = self._resume(run, model, ema, optimizer)
+        for group in optimizer.param_groups:  # the current settings rule, also after a resume
+            group["betas"] = tuple(s.betas)
+            group["weight_decay"] = s.weight_decay
+        net: nn.Module = model
+        if run.distributed:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[run.device.index] if run.device.type == "cuda" else None
+            )
+        return TrainState(model, net, ema, optimizer, step, rows)
+
+    def _resume(
+        self, run: RunContext, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Load ``checkpoint.pt`` into ``model``, ``ema`` and ``optimizer``; return its step and the log rows up
+        to it (rank 0)."""
+        s = self.settings
+        checkpoint = _load(self.checkpoint_path)
+        self._check_compatible(self.checkpoint_path, checkpoint, run)
+        step = int(checkpoint["step"])
+        if step > s.steps:
+            raise CellResDMError(
+                f"{self.checkpoint_path} is at step {step}, beyond train.steps={s.steps}: raise steps, "
+                f"or delete {self.out_dir} to start over"
+            )
+        model.load_state_dict(checkpoint["model"])
+        ema.load_state_dict(checkpoint["ema"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        changed = [k for k, v in asdict(s).items() if k not in _RESUME_KEYS and checkpoint["settings"].get(k) != v]
+        if changed and run.main:
+            run.log.warning("resuming with changed settings (the new values apply): %s", ", ".join(changed))
+        run.log.info("resuming %s from step %d of %d", self.checkpoint_path, step, s.steps)
+        return step, self._read_log_rows(step) if run.main else []
+
+    def _epoch_loader(self, run: RunContext, epoch: int, start_batch: int) -> DataLoader:
+        """This rank's batches of ``epoch`` from global batch ``start_batch`` on (:class:`EpochBatchSampler`)."""
+        s = self.settings
+        sampler = EpochBatchSampler(
+            run.dataset_size, s.batch_size, s.seed, epoch, start_batch, run.rank, run.world_size
+        )
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        return DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=s.num_workers, pin_memory=run.device.type == "cuda"
+        )
 
     # -- files (rank 0) --------------------------------------------------------------------------------------
 
@@ -391,6 +539,36 @@ class Trainer:
         with atomic_path(path) as tmp:
             torch.save(obj, tmp)
 
+    def save(self, run: RunContext, state: TrainState, final: bool) -> None:
+        """Write ``train_log.csv`` and ``checkpoint.pt`` (and ``model.pt`` when ``final``) from rank 0, between
+        barriers so no rank runs ahead of a checkpoint."""
+        if run.distributed:
+            dist.barrier()
+        if run.main:
+            s = self.settings
+            epoch, batch_in_epoch = divmod(state.step, run.batches_per_epoch)
+            checkpoint = {
+                "config": self.config,
+                "settings": asdict(s),
+                "step": state.step,
+                "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch,
+                "world_size": run.world_size,
+                "dataset_size": run.dataset_size,
+                "model": state.model.state_dict(),
+                "ema": state.ema.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": {"kind": "warmup_cosine", "step": state.step, "lr": lr_at(state.step, s)},
+            }
+            # the log first: a crash after it leaves rows past the old checkpoint, which a resume drops
+            self._write_log(state.rows)
+            self._save(checkpoint, self.checkpoint_path)
+            if final:
+                keys = ("config", "settings", "step", "world_size", "dataset_size", "model", "ema")
+                self._save({k: checkpoint[k] for k in keys}, self.model_path)
+        if run.distributed:
+            dist.barrier()
+
     # -- training --------------------------------------------------------------------------------------------
 
     def train(self, stop_after: int | None = None) -> Path:
@@ -410,231 +588,168 @@ class Trainer:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             owns_group = True
         try:
-            return self._train(device, world_size, stop_after)
+            return self.run_loop(self._context(device, world_size), stop_after)
         finally:
             if owns_group:
                 dist.destroy_process_group()
 
-    def _train(self, device: torch.device, world_size: int, stop_after: int | None) -> Path:
+    def run_loop(self, run: RunContext, stop_after: int | None = None) -> Path:
+        """Steps from the resumed step to ``settings.steps`` (or ``stop_after``), epoch by epoch, with a log row
+        per step and the checkpoints; returns ``model.pt`` (the checkpoint when stopped early)."""
         s = self.settings
-        distributed = world_size > 1 and dist.is_initialized()
-        rank = dist.get_rank() if distributed else 0
-        if distributed and dist.get_world_size() != world_size:
-            raise CellResDMError(f"WORLD_SIZE={world_size} but the process group has {dist.get_world_size()}")
-        main = rank == 0
-        log = self.log
-        if not main:  # only rank 0 logs; the others keep their warnings
-            log = logging.getLogger(f"{__name__}.rank{rank}")
-            log.setLevel(logging.WARNING)
-        self._raw_model = self.model
-        dataset_size = len(self.dataset)  # type: ignore[arg-type]
-        global_batch = s.batch_size * world_size
-        if dataset_size < global_batch:
-            raise CellResDMError(
-                f"the dataset has {dataset_size} items, fewer than one batch of {global_batch} "
-                f"(batch_size {s.batch_size} x {world_size} processes)"
-            )
-        batches_per_epoch = dataset_size // global_batch
-
-        if self.model_path.is_file():
-            finished = _load(self.model_path)
-            self._check_compatible(self.model_path, finished, world_size, dataset_size)
-            if finished.get("step") == s.steps:
-                log.info("%s is complete (%d steps); nothing to train", self.model_path, s.steps)
-                return self.model_path
-
-        torch.manual_seed(s.seed)
-        model = self.model.to(device)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lr_at(0, s), betas=tuple(s.betas), weight_decay=s.weight_decay
-        )
-        ema_model = _copy_for_ema(model)
-
-        start_step = 0
-        rows: list[dict[str, Any]] = []
-        if self.checkpoint_path.is_file():
-            checkpoint = _load(self.checkpoint_path)
-            self._check_compatible(self.checkpoint_path, checkpoint, world_size, dataset_size)
-            start_step = int(checkpoint["step"])
-            if start_step > s.steps:
-                raise CellResDMError(
-                    f"{self.checkpoint_path} is at step {start_step}, beyond train.steps={s.steps}: raise steps, "
-                    f"or delete {self.out_dir} to start over"
-                )
-            model.load_state_dict(checkpoint["model"])
-            ema_model.load_state_dict(checkpoint["ema"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            changed = [k for k, v in asdict(s).items() if k not in _RESUME_KEYS and checkpoint["settings"].get(k) != v]
-            if changed and main:
-                log.warning("resuming with changed settings (the new values apply): %s", ", ".join(changed))
-            log.info("resuming %s from step %d of %d", self.checkpoint_path, start_step, s.steps)
-            if main:
-                rows = self._read_log_rows(start_step)
-            del checkpoint
-        for group in optimizer.param_groups:  # the current settings rule, also after a resume
-            group["betas"] = tuple(s.betas)
-            group["weight_decay"] = s.weight_decay
-
-        net: nn.Module = model
-        if distributed:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        params = [p for p in model.parameters()]
-        ema_params = [p for p in ema_model.parameters()]
-        buffers = [b for b in model.buffers()]
-        ema_buffers = [b for b in ema_model.buffers()]
-        grads_of = [p for p in params if p.requires_grad]
-
-        def barrier() -> None:
-            if distributed:
-                dist.barrier()
-
-        def checkpoint_now(step: int, epoch: int, batch_in_epoch: int, final: bool) -> None:
-            barrier()
-            if main:
-                state = {
-                    "config": self.config,
-                    "settings": asdict(s),
-                    "step": step,
-                    "epoch": epoch,
-                    "batch_in_epoch": batch_in_epoch,
-                    "world_size": world_size,
-                    "dataset_size": dataset_size,
-                    "model": model.state_dict(),
-                    "ema": ema_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": {"kind": "warmup_cosine", "step": step, "lr": lr_at(step, s)},
-                }
-                # the log first: a crash after it leaves rows past the old checkpoint, which a resume drops
-                self._write_log(rows)
-                self._save(state, self.checkpoint_path)
-                if final:
-                    self._save(
-                        {
-                            "config": self.config,
-                            "settings": asdict(s),
-                            "step": step,
-                            "world_size": world_size,
-                            "dataset_size": dataset_size,
-                            "model": state["model"],
-                            "ema": state["ema"],
-                        },
-                        self.model_path,
-                    )
-            barrier()
-
-        if main:
-            log.info(
+        if self._is_finished(run):
+            run.log.info("%s is complete (%d steps); nothing to train", self.model_path, s.steps)
+            return self.model_path
+        state = self._initial_state(run)
+        start_step = state.step
+        if run.main:
+            run.log.info(
                 "training %d steps from step %d on %s: %d items, batch %d x %d processes, %d batches per epoch",
                 s.steps,
                 start_step,
-                device,
-                dataset_size,
+                run.device,
+                run.dataset_size,
                 s.batch_size,
-                world_size,
-                batches_per_epoch,
+                run.world_size,
+                run.batches_per_epoch,
             )
         bar = tqdm(
-            total=s.steps, initial=start_step, desc="train", disable=not (self.progress and main), dynamic_ncols=True
+            total=s.steps,
+            initial=start_step,
+            desc="train",
+            disable=not (self.progress and run.main),
+            dynamic_ncols=True,
         )
-        step = start_step
-        set_epoch = getattr(self.dataset, "set_epoch", None)
+
+        def more(step: int) -> bool:
+            return step < s.steps and (stop_after is None or step < stop_after)
+
         try:
-            model.train()
-            while step < s.steps and (stop_after is None or step < stop_after):
-                epoch, start_batch = divmod(step, batches_per_epoch)
-                sampler = EpochBatchSampler(dataset_size, s.batch_size, s.seed, epoch, start_batch, rank, world_size)
-                if callable(set_epoch):
-                    set_epoch(epoch)
-                loader = DataLoader(
-                    self.dataset,
-                    batch_sampler=sampler,
-                    num_workers=s.num_workers,
-                    pin_memory=device.type == "cuda",
-                )
+            state.model.train()
+            while more(state.step):
+                epoch, start_batch = divmod(state.step, run.batches_per_epoch)
+                loader = self._epoch_loader(run, epoch, start_batch)
                 t0 = time.perf_counter()  # a step's seconds include waiting for its batch
                 for batch in loader:
-                    lr = lr_at(step, s)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    generator = step_generator(s.seed, step, rank)
-                    torch.manual_seed(derive_seed(s.seed, _GLOBAL, step, rank))
-                    batch = _to_device(batch, device)
-                    optimizer.zero_grad(set_to_none=True)
-                    with self._autocast(device):
-                        loss = self.loss_fn(net, batch, generator)
-                    if not isinstance(loss, Tensor) or loss.ndim != 0:
-                        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-                        raise CellResDMError(f"loss_fn must return a scalar tensor, got {shape} at step {step + 1}")
-                    if not loss.requires_grad:
-                        raise CellResDMError(f"the loss at step {step + 1} does not depend on any trainable weight")
-                    value = loss.detach().float()
-                    if distributed:
-                        value = value.clone()
-                        dist.all_reduce(value)
-                        value /= world_size
-                    loss_value = value.item()
-                    if not math.isfinite(loss_value):
-                        raise CellResDMError(
-                            f"loss is {loss_value} at step {step + 1} of {s.steps} (lr {lr:.3g}); training stopped, "
-                            f"the last checkpoint {self.checkpoint_path} is kept"
-                        )
-                    loss.backward()
-                    if s.grad_clip > 0:
-                        grad_norm = float(torch.nn.utils.clip_grad_norm_(grads_of, s.grad_clip))
-                    else:
-                        grads = [p.grad for p in grads_of if p.grad is not None]
-                        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-                    if not math.isfinite(grad_norm):
-                        raise CellResDMError(
-                            f"gradient norm is {grad_norm} at step {step + 1} of {s.steps} (loss {loss_value:.4g}); "
-                            f"training stopped, the last checkpoint {self.checkpoint_path} is kept"
-                        )
-                    optimizer.step()
-                    _update_ema(ema_params, params, ema_buffers, buffers, s.ema_decay)
-                    step += 1
-                    seconds = time.perf_counter() - t0
-                    if main:
-                        rows.append(
-                            {
-                                "step": step,
-                                "epoch": epoch,
-                                "loss": loss_value,
-                                "lr": lr,
-                                "grad_norm": grad_norm,
-                                "seconds": seconds,
-                                "samples_per_s": global_batch / seconds if seconds > 0 else float("nan"),
-                            }
-                        )
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
-                        if step % s.log_every == 0 or step == s.steps:
-                            log.info(
-                                "step %d/%d epoch %d: loss %.5f lr %.3g grad_norm %.3g (%.1f samples/s)",
-                                step,
-                                s.steps,
-                                epoch,
-                                loss_value,
-                                lr,
-                                grad_norm,
-                                rows[-1]["samples_per_s"],
-                            )
-                    if step % s.checkpoint_every == 0 or step == s.steps:
-                        e, b = divmod(step, batches_per_epoch)
-                        checkpoint_now(step, e, b, final=step == s.steps)
+                    result = self.run_step(run, state, batch)
+                    self.log_step(run, state, epoch, result, time.perf_counter() - t0, bar)
+                    if state.step % s.checkpoint_every == 0 or state.step == s.steps:
+                        self.save(run, state, final=state.step == s.steps)
                     t0 = time.perf_counter()
-                    if step >= s.steps or (stop_after is not None and step >= stop_after):
+                    if not more(state.step):
                         break
         finally:
             bar.close()
-        if step < s.steps:
-            log.info("stopped after step %d of %d (stop_after)", step, s.steps)
+        if state.step < s.steps:
+            run.log.info("stopped after step %d of %d (stop_after)", state.step, s.steps)
             return self.checkpoint_path
         if start_step == s.steps:  # resumed from the final checkpoint of a run whose model.pt was lost
-            checkpoint_now(step, *divmod(step, batches_per_epoch), final=True)
-        log.info("training done: %s", self.model_path)
+            self.save(run, state, final=True)
+        run.log.info("training done: %s", self.model_path)
         return self.model_path
+
+    def run_step(self, run: RunContext, state: TrainState, batch: Any) -> StepResult:
+        """One optimizer step on ``batch`` (as the DataLoader gives it): set the learning rate, seed the step's
+        randomness, :meth:`forward_backward`, :meth:`optimize`; advances ``state.step``."""
+        s = self.settings
+        lr = lr_at(state.step, s)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        generator = step_generator(s.seed, state.step, run.rank)
+        torch.manual_seed(derive_seed(s.seed, _GLOBAL, state.step, run.rank))
+        loss = self.forward_backward(run, state, _to_device(batch, run.device), generator, lr)
+        grad_norm = self.optimize(state, loss)
+        state.step += 1
+        return StepResult(lr=lr, loss=loss, grad_norm=grad_norm)
+
+    def forward_backward(
+        self, run: RunContext, state: TrainState, batch: dict[str, Tensor], generator: torch.Generator, lr: float
+    ) -> float:
+        """Zero the gradients, compute ``loss_fn`` (under autocast) and backpropagate it; return the loss averaged
+        over the ranks.
+
+        Raises:
+            CellResDMError: the loss is not a scalar, depends on no trainable weight, or is not finite (training
+                stops; the last checkpoint is kept).
+        """
+        s, step = self.settings, state.step
+        state.optimizer.zero_grad(set_to_none=True)
+        with self._autocast(run.device):
+            loss = self.loss_fn(state.net, batch, generator)
+        if not isinstance(loss, Tensor) or loss.ndim != 0:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise CellResDMError(f"loss_fn must return a scalar tensor, got {shape} at step {step + 1}")
+        if not loss.requires_grad:
+            raise CellResDMError(f"the loss at step {step + 1} does not depend on any trainable weight")
+        value = loss.detach().float()
+        if run.distributed:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= run.world_size
+        loss_value = value.item()
+        if not math.isfinite(loss_value):
+            raise CellResDMError(
+                f"loss is {loss_value} at step {step + 1} of {s.steps} (lr {lr:.3g}); training stopped, "
+                f"the last checkpoint {self.checkpoint_path} is kept"
+            )
+        loss.backward()
+        return loss_value
+
+    def optimize(self, state: TrainState, loss: float) -> float:
+        """Clip the gradients (``grad_clip`` > 0), step AdamW and update the EMA; return the gradient norm before
+        clipping.
+
+        Raises:
+            CellResDMError: the gradient norm is not finite (training stops; the last checkpoint is kept).
+        """
+        s = self.settings
+        if s.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(state.trainable, s.grad_clip))
+        else:
+            grads = [p.grad for p in state.trainable if p.grad is not None]
+            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        if not math.isfinite(grad_norm):
+            raise CellResDMError(
+                f"gradient norm is {grad_norm} at step {state.step + 1} of {s.steps} (loss {loss:.4g}); "
+                f"training stopped, the last checkpoint {self.checkpoint_path} is kept"
+            )
+        state.optimizer.step()
+        _update_ema(state.ema_params, state.params, state.ema_buffers, state.buffers, s.ema_decay)
+        return grad_norm
+
+    def log_step(
+        self, run: RunContext, state: TrainState, epoch: int, result: StepResult, seconds: float, bar: tqdm
+    ) -> None:
+        """Rank 0: the ``train_log.csv`` row of the step just done, the progress bar, and a log line every
+        ``log_every`` steps and at the last."""
+        if not run.main:
+            return
+        s = self.settings
+        global_batch = s.batch_size * run.world_size
+        state.rows.append(
+            {
+                "step": state.step,
+                "epoch": epoch,
+                "loss": result.loss,
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "seconds": seconds,
+                "samples_per_s": global_batch / seconds if seconds > 0 else float("nan"),
+            }
+        )
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}", refresh=False)
+        if state.step % s.log_every == 0 or state.step == s.steps:
+            run.log.info(
+                "step %d/%d epoch %d: loss %.5f lr %.3g grad_norm %.3g (%.1f samples/s)",
+                state.step,
+                s.steps,
+                epoch,
+                result.loss,
+                result.lr,
+                result.grad_norm,
+                state.rows[-1]["samples_per_s"],
+            )
 
 
 def _copy_for_ema(model: nn.Module) -> nn.Module:

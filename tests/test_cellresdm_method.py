@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pandas as pd
 import pytest
 import torch
@@ -9,8 +11,8 @@ from torch.utils.data import Dataset
 
 from cellresdm.config import section, validate_config
 from cellresdm.errors import CellResDMError
-from cellresdm.methods import build_method
-from cellresdm.methods.base import condition_of, target_of
+from cellresdm.methods import _REGISTRY, build_method, cellresdm_latent, cellresdm_pixel, method_names, resshift_common
+from cellresdm.methods.base import Method, condition_of, target_of
 from cellresdm.sample import SampleSettings, predict_field
 from cellresdm.steps import sample_method
 from cellresdm.train import Trainer, TrainSettings, load_model_weights
@@ -51,10 +53,25 @@ def test_condition_repeats_the_in_focus_plane_under_the_if_channels():
     assert target_of(batch)[0, :5].eq(-1).all() and target_of(batch)[0, 5:].eq(1).all()
 
 
+def test_every_method_implements_from_config():
+    assert "from_config" in Method.__abstractmethods__
+    for name in method_names():
+        module, cls = _REGISTRY[name]
+        method = getattr(importlib.import_module(module), cls)
+        assert not getattr(method.from_config, "__isabstractmethod__", False), name
+    # pixel and latent CellResDM share one set of ResShift helpers
+    assert cellresdm_pixel.resshift_loss is cellresdm_latent.resshift_loss is resshift_common.resshift_loss
+
+
 def test_overfits_four_fixed_images_and_samples_them(tmp_path):
     method = tiny_method()
     data = FixedImages()
-    settings = TrainSettings(steps=250, batch_size=4, lr=3e-3, warmup_steps=5, ema_decay=0.9, checkpoint_every=250)
+    settings = TrainSettings.from_config(
+        section(
+            "train",
+            {"steps": 250, "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "ema_decay": 0.9, "checkpoint_every": 250},
+        )
+    )
     model_path = Trainer(
         method.network, method.loss, data, settings, tmp_path, config=method.config(), progress=False
     ).train()

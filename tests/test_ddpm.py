@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
 from cellresdm.diffusion.ddpm import DDPMSchedule, GaussianDiffusion, guided_denoiser, linear_betas, spaced_steps
+from cellresdm.diffusion.resshift import ResShiftDiffusion
 
 
 def full(steps: int = 1000) -> GaussianDiffusion:
@@ -63,6 +66,25 @@ def test_posterior_composed_with_forward_gives_the_earlier_marginal():
     target_mean, target_var = d.q_mean_variance(x0[:1], torch.tensor([t - 1]))
     assert float(x_prev.mean()) == pytest.approx(float(target_mean), abs=5 * float(target_var.sqrt()) / n**0.5)
     assert float(x_prev.var()) == pytest.approx(float(target_var), rel=0.03)
+
+
+def test_training_losses_oracle_is_zero_and_matches_the_resshift_signature():
+    d = GaussianDiffusion.from_schedule(DDPMSchedule(50))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    t = torch.tensor([0, 7, 49])
+    out = d.training_losses(lambda x_t, tt: noise, x0, t, noise)  # the oracle predicts the true eps
+    assert set(out) == {"loss", "mse", "pred_eps", "x_t"}
+    assert out["loss"].shape == (3,) and torch.equal(out["loss"], torch.zeros(3))
+    torch.testing.assert_close(out["x_t"], d.q_sample(x0, t, noise))
+    wrong = d.training_losses(lambda x_t, tt: torch.zeros_like(x_t), x0, t, noise)
+    torch.testing.assert_close(wrong["loss"], noise.pow(2).flatten(1).mean(1))
+    # both diffusions: q_posterior_mean_variance(x_start, x_t, t) and training_losses(model, x_start, t, noise, ...)
+    ddpm_args = list(inspect.signature(GaussianDiffusion.training_losses).parameters)
+    resshift_args = list(inspect.signature(ResShiftDiffusion.training_losses).parameters)
+    assert resshift_args[: len(ddpm_args)] == ddpm_args == ["self", "model", "x_start", "t", "noise"]
+    for cls in (GaussianDiffusion, ResShiftDiffusion):
+        assert list(inspect.signature(cls.q_posterior_mean_variance).parameters) == ["self", "x_start", "x_t", "t"]
 
 
 def test_spaced_steps():

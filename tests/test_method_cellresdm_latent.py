@@ -54,7 +54,12 @@ def test_loss_falls_and_the_autoencoder_stays_frozen(tmp_path, vqgan_file):
     method = build(vqgan_file)
     autoencoder_before = {k: v.clone() for k, v in method.network.autoencoder.state_dict().items()}
     data = FixedImages()
-    settings = TrainSettings(steps=120, batch_size=4, lr=3e-3, warmup_steps=5, ema_decay=0.9, checkpoint_every=120)
+    settings = TrainSettings.from_config(
+        section(
+            "train",
+            {"steps": 120, "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "ema_decay": 0.9, "checkpoint_every": 120},
+        )
+    )
     model_path = Trainer(
         method.network, method.loss, data, settings, tmp_path / "run", config=method.config(), progress=False
     ).train()

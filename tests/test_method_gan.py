@@ -70,8 +70,19 @@ def train(method, data, tmp_path, steps: int, lr: float = 3e-3):
         terms.append({"loss": value.item(), **{k: v.item() for k, v in getattr(method, "last_terms", {}).items()}})
         return value
 
-    settings = TrainSettings(
-        steps=steps, batch_size=4, lr=lr, warmup_steps=2, ema_decay=0.9, checkpoint_every=steps, grad_clip=1.0
+    settings = TrainSettings.from_config(
+        section(
+            "train",
+            {
+                "steps": steps,
+                "batch_size": 4,
+                "lr": lr,
+                "warmup_steps": 2,
+                "ema_decay": 0.9,
+                "checkpoint_every": steps,
+                "grad_clip": 1.0,
+            },
+        )
     )
     path = Trainer(method.network, loss, data, settings, tmp_path, config=method.config(), progress=False).train()
     return path, terms

@@ -51,7 +51,12 @@ def perturbed(method: ConditionalDDPM) -> ConditionalDDPM:
 def test_loss_falls_on_fixed_images_and_the_checkpoint_samples(cls, tmp_path):
     method = tiny(cls)
     data = FixedImages()
-    settings = TrainSettings(steps=120, batch_size=4, lr=3e-3, warmup_steps=5, ema_decay=0.9, checkpoint_every=120)
+    settings = TrainSettings.from_config(
+        section(
+            "train",
+            {"steps": 120, "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "ema_decay": 0.9, "checkpoint_every": 120},
+        )
+    )
     model_path = Trainer(
         method.network, method.loss, data, settings, tmp_path, config=method.config(), progress=False
     ).train()

@@ -153,7 +153,7 @@ def test_posterior_composition_monte_carlo(config):
         x0 = torch.full((n, 1, 1, 1), x0v, dtype=torch.float64)
         y0 = torch.full_like(x0, y0v)
         xt = d.q_sample(x0, y0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64))
-        mean, variance, log_variance = d.posterior_mean_variance(xt, x0, t)
+        mean, variance, log_variance = d.q_posterior_mean_variance(x0, xt, t)
         assert variance.shape == (n, 1, 1, 1) and log_variance.shape == (n, 1, 1, 1)
         torch.testing.assert_close(variance.log(), log_variance)
         x_prev = (mean + variance.sqrt() * torch.randn(x0.shape, generator=g, dtype=torch.float64)).flatten()
@@ -168,7 +168,7 @@ def test_posterior_matches_formula_and_dtype():
     g = torch.Generator().manual_seed(3)
     xt, x0 = torch.randn(4, 2, 5, 5, generator=g), torch.randn(4, 2, 5, 5, generator=g)
     t = torch.tensor([0, 1, 2, 3])
-    mean, var, logvar = d.posterior_mean_variance(xt, x0, t)
+    mean, var, logvar = d.q_posterior_mean_variance(x0, xt, t)
     assert mean.dtype == var.dtype == logvar.dtype == torch.float32
     assert var.shape == (4, 1, 1, 1)
     for b, i in enumerate(t.tolist()):
@@ -217,7 +217,7 @@ def test_training_losses_oracle_zero(config, weighting):
     T = config["steps"]
     x0, y0 = torch.rand(T, 3, 8, 8, generator=g) * 2 - 1, torch.rand(T, 3, 8, 8, generator=g) * 2 - 1
     t = torch.arange(T)
-    out = d.training_losses(Oracle(x0), x0, y0, t, torch.randn(x0.shape, generator=g))
+    out = d.training_losses(Oracle(x0), x0, t, torch.randn(x0.shape, generator=g), y0=y0)
     assert out["loss"].shape == (T,) and out["mse"].shape == (T,)
     assert out["pred_x0"].shape == x0.shape and out["x_t"].shape == x0.shape
     assert torch.all(out["loss"] == 0) and torch.all(out["mse"] == 0)
@@ -231,10 +231,10 @@ def test_training_losses_weights(config):
     x0, y0 = torch.rand(T, 2, 4, 4, generator=g, dtype=torch.float64), torch.zeros(T, 2, 4, 4, dtype=torch.float64)
     wrong = Oracle(x0 + 0.1)
     t = torch.arange(T)
-    uni = ResShiftDiffusion(s).training_losses(wrong, x0, y0, t)
+    uni = ResShiftDiffusion(s).training_losses(wrong, x0, t, y0=y0)
     torch.testing.assert_close(uni["loss"], uni["mse"])
     torch.testing.assert_close(uni["mse"], torch.full((T,), 0.01, dtype=torch.float64))
-    eq11 = ResShiftDiffusion(s, loss_weighting="eq11").training_losses(wrong, x0, y0, t)
+    eq11 = ResShiftDiffusion(s, loss_weighting="eq11").training_losses(wrong, x0, t, y0=y0)
     assert torch.all(torch.isfinite(eq11["loss"])) and torch.all(eq11["loss"] > 0)
     torch.testing.assert_close(eq11["loss"], torch.from_numpy(s.eq11_weights.copy()) * 0.01)
     assert s.eq11_weights[0] == s.eq11_weights[1]
@@ -249,8 +249,8 @@ def test_eq11_weight_is_posterior_kl(config):
     shape = (T - 1, 2, 4, 4)
     x0, f, xt = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3))
     t = torch.arange(1, T)
-    mu_q, var, _ = d.posterior_mean_variance(xt, x0, t)
-    mu_p, _, _ = d.posterior_mean_variance(xt, f, t)
+    mu_q, var, _ = d.q_posterior_mean_variance(x0, xt, t)
+    mu_p, _, _ = d.q_posterior_mean_variance(f, xt, t)
     kl = ((mu_q - mu_p) ** 2 / (2 * var)).flatten(1).sum(1)
     expected = torch.from_numpy(d.loss_weights[1:].copy()) * ((f - x0) ** 2).flatten(1).sum(1)
     torch.testing.assert_close(kl, expected, rtol=1e-12, atol=0)
@@ -277,7 +277,7 @@ def test_p_sample_single_step():
     xt = d.q_sample(x0, y0, torch.tensor([2, 2]), _y0(seed=3))
     noise = _y0(seed=4)
     x_prev, pred = d.p_sample(Oracle(x0), xt, y0, 2, noise)
-    mean, var, _ = d.posterior_mean_variance(xt, x0, torch.tensor([2, 2]))
+    mean, var, _ = d.q_posterior_mean_variance(x0, xt, torch.tensor([2, 2]))
     torch.testing.assert_close(x_prev, mean + var.sqrt() * noise)
     torch.testing.assert_close(pred, x0)
     last, _ = d.p_sample(Oracle(x0), xt, y0, 0, noise)  # no noise at the last step

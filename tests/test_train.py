@@ -7,7 +7,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from cellresdm.config import load_schema, section
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.train import (
     EpochBatchSampler,
@@ -83,18 +84,30 @@ class FailingLoss:
         return loss
 
 
-BASE = TrainSettings(
-    steps=30,
-    batch_size=4,
-    lr=1e-2,
-    warmup_steps=3,
-    min_lr_ratio=0.1,
-    ema_decay=0.9,
-    grad_clip=1.0,
-    checkpoint_every=7,
-    log_every=5,
-    seed=3,
-)
+def settings(**overrides) -> TrainSettings:
+    """The validated section ``train`` with the schema's defaults and ``overrides``, as the pipeline builds it."""
+    return TrainSettings.from_config(section("train", overrides))
+
+
+#: the reference run's keys (the others keep the schema's defaults)
+BASE_KEYS = {
+    "steps": 30,
+    "batch_size": 4,
+    "lr": 1e-2,
+    "warmup_steps": 3,
+    "min_lr_ratio": 0.1,
+    "ema_decay": 0.9,
+    "grad_clip": 1.0,
+    "checkpoint_every": 7,
+    "log_every": 5,
+    "seed": 3,
+}
+BASE = settings(**BASE_KEYS)
+
+
+def changed(**changes) -> TrainSettings:
+    """BASE with ``changes``, validated like every setting."""
+    return settings(**{**BASE_KEYS, **changes})
 
 
 def make_trainer(out: Path, settings: TrainSettings = BASE, loss=toy_loss, net=None, data=None, **kw) -> Trainer:
@@ -134,20 +147,42 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def test_settings_validate_names_field():
+def test_settings_defaults_are_the_schema_defaults():
+    schema = load_schema()["properties"]["train"]["properties"]
+    defaults = settings()
+    assert [f.name for f in fields(TrainSettings)] == list(schema)  # every key, in the schema's order
+    for name, spec in schema.items():
+        value = getattr(defaults, name)
+        assert (list(value) if name == "betas" else value) == spec["default"], name
+        assert spec.get("description"), f"train.{name} has no description"
+    assert defaults.betas == (0.9, 0.999)  # a tuple, as checkpoints have always stored it
+
+
+def test_invalid_settings_fail_naming_the_key():
+    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
+        settings(ema_decay=1.5)
+    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
+        settings(ema_decay=1.0)  # decay 1 would freeze the EMA at the initial weights
+    with pytest.raises(ConfigError, match=r"vqgan\.train\.ema_decay"):
+        section("vqgan", {"train": {"ema_decay": 1.0}})  # the VQ-GAN's overrides share the limits
     with pytest.raises(ConfigError, match="train.batch_size"):
-        TrainSettings(batch_size=0).validate()
+        settings(batch_size=0)
     with pytest.raises(ConfigError, match="train.amp"):
-        TrainSettings(amp="fp16").validate()
+        settings(amp="fp16")
     with pytest.raises(ConfigError, match="train.betas"):
-        TrainSettings(betas=(0.9, 1.5)).validate()
+        settings(betas=[0.9, 1.5])
+    # constructed without the schema, the settings are still checked by the trainer
+    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
+        replace(BASE, ema_decay=2.0).validate()
     with pytest.raises(ConfigError, match="train.lr"):
-        TrainSettings(lr=float("nan")).validate()
-    TrainSettings().validate()
+        replace(BASE, lr=float("nan")).validate()
+    with pytest.raises(ConfigError, match="train.steps"):
+        TrainSettings.from_config({"lr": 1e-3})
+    BASE.validate()
 
 
 def test_lr_schedule_formula():
-    s = TrainSettings(steps=110, lr=1e-3, warmup_steps=10, min_lr_ratio=0.05)
+    s = settings(steps=110, lr=1e-3, warmup_steps=10, min_lr_ratio=0.05)
     assert lr_at(0, s) == pytest.approx(1e-4)
     assert lr_at(4, s) == pytest.approx(5e-4)
     assert lr_at(9, s) == pytest.approx(1e-3)  # warmup end
@@ -155,7 +190,7 @@ def test_lr_schedule_formula():
     assert lr_at(60, s) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))  # halfway through the cosine
     assert lr_at(35, s) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 4))))
     assert lr_at(110, s) == pytest.approx(5e-5)  # end
-    assert lr_at(0, replace(s, warmup_steps=0)) == pytest.approx(1e-3)
+    assert lr_at(0, settings(steps=110, lr=1e-3, warmup_steps=0)) == pytest.approx(1e-3)
 
 
 def test_loss_falls_and_log(reference):
@@ -193,7 +228,7 @@ def test_load_model_weights(reference):
 
 
 def test_ema_matches_hand_computation(tmp_path):
-    s = replace(BASE, steps=2, warmup_steps=0, ema_decay=0.5, checkpoint_every=1)
+    s = changed(steps=2, warmup_steps=0, ema_decay=0.5, checkpoint_every=1)
     net = tiny_net()
     w0 = {k: v.clone() for k, v in net.state_dict().items()}
     make_trainer(tmp_path, s, net=net).train(stop_after=1)
@@ -231,8 +266,8 @@ def test_crash_between_checkpoints_resumes_identically(tmp_path, reference):
 
 
 def test_dataloader_workers_give_the_same_run(tmp_path, reference):
-    make_trainer(tmp_path, replace(BASE, num_workers=1)).train(stop_after=10)
-    make_trainer(tmp_path, replace(BASE, num_workers=2)).train()  # num_workers may change on resume
+    make_trainer(tmp_path, changed(num_workers=1)).train(stop_after=10)
+    make_trainer(tmp_path, changed(num_workers=2)).train()  # num_workers may change on resume
     assert_same_weights(tmp_path / "model.pt", reference / "model.pt")
     assert csv_losses(tmp_path) == csv_losses(reference)
 
@@ -261,9 +296,9 @@ def test_completed_run_returns_immediately(reference, caplog):
 def test_incompatible_checkpoint_is_explained(tmp_path):
     make_trainer(tmp_path).train(stop_after=7)
     with pytest.raises(CellResDMError, match=r"batch_size 4 \(now 2\).*Delete"):
-        make_trainer(tmp_path, replace(BASE, batch_size=2)).train()
+        make_trainer(tmp_path, changed(batch_size=2)).train()
     with pytest.raises(CellResDMError, match=r"seed 3 \(now 4\)"):
-        make_trainer(tmp_path, replace(BASE, seed=4)).train()
+        make_trainer(tmp_path, changed(seed=4)).train()
     with pytest.raises(CellResDMError, match=r"model weights differ: 0.weight: \(8, 1, 3, 3\) vs \(4, 1, 3, 3\)"):
         make_trainer(tmp_path, net=tiny_net(width=4)).train()
     with pytest.raises(CellResDMError, match="dataset_size 22 \\(now 30\\)"):
@@ -273,11 +308,11 @@ def test_incompatible_checkpoint_is_explained(tmp_path):
 def test_changed_lr_resumes_with_warning(tmp_path, caplog):
     make_trainer(tmp_path).train(stop_after=7)
     with caplog.at_level(logging.INFO):
-        make_trainer(tmp_path, replace(BASE, steps=9, lr=5e-3)).train()
+        make_trainer(tmp_path, changed(steps=9, lr=5e-3)).train()
     assert "changed settings" in caplog.text and "lr" in caplog.text
     table = pd.read_csv(tmp_path / "train_log.csv")
     assert table["step"].tolist() == list(range(1, 10))
-    assert table["lr"].iloc[-1] == pytest.approx(lr_at(8, replace(BASE, steps=9, lr=5e-3)))
+    assert table["lr"].iloc[-1] == pytest.approx(lr_at(8, changed(steps=9, lr=5e-3)))
 
 
 def test_bad_inputs(tmp_path):
@@ -315,14 +350,14 @@ def _ddp_worker(rank: int, world_size: int, port: int, root: str) -> None:
         }
     )
     torch.set_num_threads(1)
-    settings = replace(BASE, steps=6, batch_size=2, checkpoint_every=4)
+    run_settings = changed(steps=6, batch_size=2, checkpoint_every=4)
     net = tiny_net()
     if rank == 1:  # a different init: DDP must broadcast rank 0's weights
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(1.0)
     # each rank gets its own out_dir so that any file rank 1 wrote would show
-    make_trainer(Path(root) / f"rank{rank}", settings, net=net).train()
+    make_trainer(Path(root) / f"rank{rank}", run_settings, net=net).train()
     torch.save({k: v.clone() for k, v in net.state_dict().items()}, Path(root) / f"weights{rank}.pt")
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from cellresdm.config import section
 from cellresdm.errors import CellResDMError
 from cellresdm.methods.base import target_of
 from cellresdm.methods.vqgan import VQGANStage, load_vqgan, save_vqgan, train_settings, train_vqgan
@@ -131,7 +132,12 @@ def test_reconstruction_error_falls_with_the_shared_trainer(tmp_path):
             return float((stage.network.vqgan(x)[0] - x).abs().mean())
 
     before = l1()
-    settings = TrainSettings(steps=60, batch_size=4, lr=3e-3, warmup_steps=5, ema_decay=0.5, checkpoint_every=60)
+    settings = TrainSettings.from_config(
+        section(
+            "train",
+            {"steps": 60, "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "ema_decay": 0.5, "checkpoint_every": 60},
+        )
+    )
     model_path = Trainer(
         stage.network,
         stage.loss,
@@ -175,7 +181,7 @@ def test_train_vqgan_uses_its_own_train_overrides(tmp_path):
         "num_workers": 0,
         "seed": 0,
     }
-    config = {"train": train, "vqgan": {**TINY, "train": {"steps": 2}}}
+    config = {"train": section("train", train), "vqgan": {**TINY, "train": {"steps": 2}}}
     assert train_settings(config)["steps"] == 2 and train_settings(config)["lr"] == 1e-3
     path = train_vqgan(config, tmp_path / "train.zarr", tmp_path / "vqgan")
     checkpoint = torch.load(path, weights_only=True)

@@ -2,17 +2,20 @@
 
 Used by the Palette and SPADE-Diffusion baselines. Conventions match :mod:`cellresdm.diffusion.resshift`:
 schedule arithmetic in float64 numpy; a timestep tensor ``t`` is a LongTensor (B,) of 0-based indices into the
-diffusion's own steps; coefficients are gathered in float64, then cast to the data's dtype and device.
+diffusion's own steps; coefficients are gathered in float64, then cast to the data's dtype and device. Both
+modules share improved-diffusion's signatures: ``q_posterior_mean_variance(x_start, x_t, t) -> (mean, variance,
+log_variance)`` and ``training_losses(model, x_start, t, noise) -> {"loss": (B,), "mse": (B,), ...}``. Equation
+numbers refer to Ho et al. (2020).
 
 * Schedule: linear betas from ``beta_start * 1000 / T`` to ``beta_end * 1000 / T`` (1e-4 .. 0.02 at T = 1000),
   ``alpha_bar_t = prod_{s <= t} (1 - beta_s)``.
-* Forward: ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``.
-* Posterior ``q(x_{t-1} | x_t, x0)``: mean ``c1_t x0 + c2_t x_t`` with ``c1_t = beta_t sqrt(alpha_bar_{t-1}) /
+* Forward (Eq. 4): ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``.
+* Posterior ``q(x_{t-1} | x_t, x0)`` (Eq. 6-7): mean ``c1_t x0 + c2_t x_t`` with ``c1_t = beta_t sqrt(alpha_bar_{t-1}) /
   (1 - alpha_bar_t)``, ``c2_t = (1 - alpha_bar_{t-1}) sqrt(1 - beta_t) / (1 - alpha_bar_t)``, variance
   ``beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)`` (0 at the first step; its log is clipped to the second).
-* Training: the network predicts eps; loss ``mean ||eps_theta(x_t, t) - eps||^2`` with t uniform.
+* Training (Eq. 14): the network predicts eps; loss ``mean ||eps_theta(x_t, t) - eps||^2`` with t uniform.
 * Sampling: ancestral, with the fixed posterior variance ("fixed small"); the x0 estimate
-  ``(x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)`` is clipped to [-1, 1] before the posterior mean.
+  ``(x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)`` (Eq. 15) is clipped to [-1, 1] before the posterior mean.
 
 Respacing (:meth:`GaussianDiffusion.respace`): S evenly spaced steps ``k_0 < ... < k_{S-1} = T-1`` of the
 training schedule, with betas recomputed so the kept steps keep their ``alpha_bar``: ``beta'_i = 1 -
@@ -173,21 +176,31 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ forward process and posterior
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean (B, C, H, W) and variance (B, 1, 1, 1) of q(x_t | x0)."""
+        """Mean (B, C, H, W) and variance (B, 1, 1, 1) of q(x_t | x0) (Ho et al. Eq. 4)."""
         mean = self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
         return mean, self._extract(1.0 - self.alphas_cumprod, t, x0)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """x_t ~ q(x_t | x0) = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise, all (B, C, H, W)."""
+        """x_t ~ q(x_t | x0) = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise (Ho et al. Eq. 4), (B, C, H, W)."""
         return (
             self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
             + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
         )
 
-    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q(x_{t-1} | x_t, x0): mean (B, C, H, W), variance and clipped log-variance (B, 1, 1, 1)."""
+    def q_posterior_mean_variance(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Posterior q(x_{t-1} | x_t, x0) (Ho et al. Eq. 6-7).
+
+        Args:
+            x_start: x0, the clean data (or its estimate), (B, C, H, W).
+            x_t: the chain at step index t, (B, C, H, W).
+            t: (B,) step indices.
+
+        Returns:
+            mean ``c1_t x0 + c2_t x_t`` (B, C, H, W), variance ``beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)``
+            and its clipped log (B, 1, 1, 1).
+        """
         mean = (
-            self._extract(self.posterior_mean_coef1, t, x_t) * x0
+            self._extract(self.posterior_mean_coef1, t, x_t) * x_start
             + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
         )
         return (
@@ -197,20 +210,36 @@ class GaussianDiffusion:
         )
 
     def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), (B, C, H, W)."""
+        """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) (Ho et al. Eq. 15), (B, C, H, W)."""
         return (
             self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
             - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
         )
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, model: Denoiser, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Per-sample eps MSE (B,) averaged over (C, H, W); ``model`` gets x_t and the original step indices."""
-        x_t = self.q_sample(x0, t, noise)
+    def training_losses(
+        self, model: Denoiser, x_start: Tensor, t: Tensor, noise: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The simple eps loss (Ho et al. Eq. 14) at one step per sample, on x_t drawn by Eq. 4.
+
+        Args:
+            model: ``model(x_t (B, C, H, W), original step indices (B,)) -> eps (B, C, H, W)``.
+            x_start: x0, the targets, (B, C, H, W).
+            t: (B,) step indices of this diffusion.
+            noise: eps of Eq. 4, (B, C, H, W); drawn with ``randn_like`` when None.
+
+        Returns:
+            ``loss`` (B,) the per-sample eps MSE averaged over (C, H, W) (unweighted, so equal to ``mse``),
+            ``mse`` (B,), ``pred_eps`` and ``x_t`` (B, C, H, W).
+        """
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_t = self.q_sample(x_start, t, noise)
         eps = model(x_t, self.model_timesteps(t))
-        if eps.shape != x0.shape:
-            raise ValueError(f"model output has shape {tuple(eps.shape)}, expected {tuple(x0.shape)}")
-        return (eps - noise).pow(2).flatten(1).mean(dim=1)
+        if eps.shape != x_start.shape:
+            raise ValueError(f"model output has shape {tuple(eps.shape)}, expected {tuple(x_start.shape)}")
+        mse = (eps - noise).pow(2).flatten(1).mean(dim=1)
+        return {"loss": mse, "mse": mse, "pred_eps": eps, "x_t": x_t}
 
     # ------------------------------------------------------------------ sampling
     def p_sample(

@@ -15,6 +15,9 @@ Conventions (as in openai/improved-diffusion): schedule arithmetic is done in fl
 ``t`` is a LongTensor of shape (B,) of 0-based step indices in ``[0, T-1]``, index ``i`` being step ``t = i + 1``
 of the paper; coefficients are gathered in float64 and cast to the data's dtype and device.
 The network is called as ``model(x: (B, 2C, H, W), t: LongTensor (B,)) -> (B, C, H, W)`` and predicts x0.
+Signatures follow improved-diffusion as :mod:`cellresdm.diffusion.ddpm` does: ``q_posterior_mean_variance(x_start,
+x_t, t) -> (mean, variance, log_variance)`` and ``training_losses(model, x_start, t, noise, *, y0) -> {"loss": (B,),
+"mse": (B,), ...}``; the condition ``y0`` is the one extra, keyword-only, argument.
 """
 
 from __future__ import annotations
@@ -197,11 +200,21 @@ class ResShiftDiffusion:
         """Network input cat([scale_input(x_t, t), y0], dim=1), (B, 2C, H, W)."""
         return torch.cat([self.scale_input(x_t, t), y0], dim=1)
 
-    def posterior_mean_variance(self, x_t: Tensor, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q(x_{t-1} | x_t, x0, y0) (Eq. 9-10): mean (B, C, H, W), variance and clipped log-variance (B, 1, 1, 1)."""
+    def q_posterior_mean_variance(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Posterior q(x_{t-1} | x_t, x0, y0) (Eq. 9-10).
+
+        Args:
+            x_start: x0, the clean target (or its prediction), (B, C, H, W).
+            x_t: the chain at step index t, (B, C, H, W).
+            t: (B,) step indices.
+
+        Returns:
+            mean ``eta_{t-1}/eta_t x_t + alpha_t/eta_t x0`` (B, C, H, W), variance ``kappa^2 eta_{t-1} alpha_t /
+            eta_t`` and its clipped log (B, 1, 1, 1).
+        """
         mean = (
             self._extract(self.schedule.posterior_mean_coef_xt, t, x_t) * x_t
-            + self._extract(self.schedule.posterior_mean_coef_x0, t, x_t) * x0
+            + self._extract(self.schedule.posterior_mean_coef_x0, t, x_t) * x_start
         )
         variance = self._extract(self.schedule.posterior_variance, t, x_t)
         log_variance = self._extract(self.schedule.posterior_log_variance_clipped, t, x_t)
@@ -215,17 +228,26 @@ class ResShiftDiffusion:
 
     # ------------------------------------------------------------------ training
     def training_losses(
-        self, model: Model, x0: Tensor, y0: Tensor, t: Tensor, noise: Tensor | None = None
+        self, model: Model, x_start: Tensor, t: Tensor, noise: Tensor | None = None, *, y0: Tensor
     ) -> dict[str, Tensor]:
-        """Eq. 11 for one step per sample.
+        """The loss of Eq. 11 at one step per sample, on x_t drawn by Eq. 8.
 
-        Returns {"loss": (B,) weighted per-sample MSE, "mse": (B,), "pred_x0": (B, C, H, W), "x_t": (B, C, H, W)}.
+        Args:
+            model: ``model(x (B, 2C, H, W), t (B,)) -> x0 prediction (B, C, H, W)``.
+            x_start: x0, the targets, (B, C, H, W).
+            t: (B,) step indices.
+            noise: eps of Eq. 8, (B, C, H, W); drawn with ``randn_like`` when None.
+            y0: the conditions, (B, C, H, W) (keyword: the one input DDPM's loss lacks).
+
+        Returns:
+            ``loss`` (B,) the weighted per-sample MSE (``loss_weighting``), ``mse`` (B,), ``pred_x0`` and ``x_t``
+            (B, C, H, W).
         """
-        x_t = self.q_sample(x0, y0, t, noise)
+        x_t = self.q_sample(x_start, y0, t, noise)
         pred_x0 = model(self.model_input(x_t, y0, t), t)
-        if pred_x0.shape != x0.shape:
-            raise ValueError(f"model output has shape {tuple(pred_x0.shape)}, expected {tuple(x0.shape)}")
-        mse = (pred_x0 - x0).pow(2).flatten(1).mean(dim=1)
+        if pred_x0.shape != x_start.shape:
+            raise ValueError(f"model output has shape {tuple(pred_x0.shape)}, expected {tuple(x_start.shape)}")
+        mse = (pred_x0 - x_start).pow(2).flatten(1).mean(dim=1)
         weight = self._extract(self.loss_weights, t, mse)
         return {"loss": weight * mse, "mse": mse, "pred_x0": pred_x0, "x_t": x_t}
 
@@ -248,7 +270,7 @@ class ResShiftDiffusion:
         pred_x0 = model(self.model_input(x_t, y0, tt), tt)
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
-        mean, _, log_variance = self.posterior_mean_variance(x_t, pred_x0, tt)
+        mean, _, log_variance = self.q_posterior_mean_variance(pred_x0, x_t, tt)
         if t == 0:
             return mean, pred_x0
         if noise is None:

@@ -29,4 +29,5 @@ def build_method(name: str, config: dict[str, Any]) -> Method:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
     module, cls = _REGISTRY[name]
-    return getattr(importlib.import_module(module), cls).from_config(config)
+    method: type[Method] = getattr(importlib.import_module(module), cls)
+    return method.from_config(config)

@@ -39,6 +39,19 @@ class Method(ABC):
     #: Tiles of a whole field start at multiples of this (a method that subsamples the noise field needs its grid).
     tile_alignment: int = 1
 
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: dict[str, Any]) -> Method:
+        """Build the method from a validated pipeline config (:func:`cellresdm.config.validate_config`, or a
+        checkpoint's stored :meth:`config`), reading its own section ``config[cls.name]``.
+
+        :func:`cellresdm.methods.build_method` calls this; ``from_config(m.config())`` rebuilds ``m``'s
+        architecture (weights are loaded separately).
+
+        Raises:
+            ConfigError: naming the key when the section is missing or a value does not fit the method.
+        """
+
     @abstractmethod
     def loss(self, network: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
         """Scalar training loss of one batch; all randomness comes from ``generator``."""

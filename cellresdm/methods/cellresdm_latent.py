@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from cellresdm.diffusion.resshift import ResShiftDiffusion, ResShiftSchedule
 from cellresdm.errors import ConfigError
 from cellresdm.methods.base import Method, condition_of, target_of
-from cellresdm.methods.cellresdm_pixel import resshift_loss, resshift_schedule, resshift_section, swin_unet_config
+from cellresdm.methods.resshift_common import resshift_loss, resshift_schedule, resshift_section, swin_unet_config
 from cellresdm.methods.vqgan import load_vqgan
 from cellresdm.nets.swin_unet import SwinUNet, SwinUNetConfig
 from cellresdm.nets.vqgan import CHANNEL_GROUPS, VQGAN
@@ -73,7 +73,7 @@ class CellResDMLatent(Method):
         net: SwinUNetConfig,
         autoencoder: VQGAN,
         vqgan_checkpoint: str,
-        loss_weighting: str = "uniform",
+        loss_weighting: str,
         name: str = SECTION,
     ) -> None:
         latent_channels = len(CHANNEL_GROUPS) * autoencoder.config.embed_dim

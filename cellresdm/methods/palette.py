@@ -82,11 +82,10 @@ class ConditionalDDPM(Method):
         self,
         schedule: DDPMSchedule,
         net: UNetConfig,
-        sample_steps: int | None = None,
-        guidance_scale: float = 0.0,
-        p_uncond: float = 0.1,
+        sample_steps: int,
+        guidance_scale: float,
+        p_uncond: float,
     ):
-        sample_steps = schedule.steps if sample_steps is None else sample_steps
         if not 1 <= sample_steps <= schedule.steps:
             raise ConfigError(f"{self.name}.sample_steps must be in [1, {self.name}.steps={schedule.steps}]")
         if not 0 <= p_uncond < 1:
@@ -182,8 +181,8 @@ class ConditionalDDPM(Method):
         noise = torch.randn(x0.shape, generator=generator).to(device)
         dropped = (torch.rand(b, generator=generator) < self.p_uncond).to(device)
         y = torch.where(dropped[:, None, None, None], torch.zeros_like(y), y)
-        losses = self.diffusion.training_loss(lambda x_t, tt: self._eps(network, x_t, tt, y), x0, t, noise)
-        return losses.mean()
+        losses = self.diffusion.training_losses(lambda x_t, tt: self._eps(network, x_t, tt, y), x0, t, noise)
+        return losses["loss"].mean()
 
     def noise_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         return (1, batch, N_OUTPUT_CHANNELS, height, width)

@@ -59,12 +59,13 @@ N_IF = len(layout.IF_CHANNELS)
 
 @dataclass(frozen=True)
 class Pix2PixWeights:
-    """Loss weights and GAN objective of pix2pix (module doc)."""
+    """Loss weights and GAN objective of pix2pix (module doc): the ``*_weight`` and ``gan_mode`` keys of section
+    ``pix2pix``, whose schema holds the defaults."""
 
-    l1: float = 100.0
-    adversarial: float = 1.0
-    perceptual: float = 10.0
-    gan_mode: str = "bce"
+    l1: float
+    adversarial: float
+    perceptual: float
+    gan_mode: str
 
 
 class AdversarialTraining(nn.Module):
@@ -226,11 +227,11 @@ class Pix2Pix(AdversarialMethod):
         self,
         net: UNetGeneratorConfig,
         weights: Pix2PixWeights,
-        disc_channels: int = 64,
-        disc_layers: int = 3,
-        disc_norm: str = "instance",
-        vgg_weights: str | None = None,
-        crop_size: int = 256,
+        disc_channels: int,
+        disc_layers: int,
+        disc_norm: str,
+        vgg_weights: str | None,
+        crop_size: int,
     ) -> None:
         self.disc_channels = disc_channels
         self.disc_layers = disc_layers

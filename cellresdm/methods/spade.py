@@ -45,13 +45,14 @@ GENERATOR_KEYS = ("base_channels", "n_up", "hidden", "norm", "spectral_norm")
 
 @dataclass(frozen=True)
 class SPADEWeights:
-    """Loss weights and GAN objective of SPADE (module doc)."""
+    """Loss weights and GAN objective of SPADE (module doc): the ``*_weight`` and ``gan_mode`` keys of section
+    ``spade``, whose schema holds the defaults."""
 
-    adversarial: float = 1.0
-    feature_matching: float = 10.0
-    perceptual: float = 10.0
-    l1: float = 0.0
-    gan_mode: str = "hinge"
+    adversarial: float
+    feature_matching: float
+    perceptual: float
+    l1: float
+    gan_mode: str
 
 
 class SPADETraining(AdversarialTraining):
@@ -84,11 +85,11 @@ class SPADE(AdversarialMethod):
         self,
         net: SPADEGeneratorConfig,
         weights: SPADEWeights,
-        disc_channels: int = 64,
-        disc_layers: int = 4,
-        disc_scales: int = 2,
-        vgg_weights: str | None = None,
-        crop_size: int = 256,
+        disc_channels: int,
+        disc_layers: int,
+        disc_scales: int,
+        vgg_weights: str | None,
+        crop_size: int,
     ) -> None:
         self.disc_channels = disc_channels
         self.disc_layers = disc_layers

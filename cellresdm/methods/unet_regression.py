@@ -126,7 +126,7 @@ class UNetRegression(GeneratorMethod):
 
     name = "unet"
 
-    def __init__(self, net: UNetGeneratorConfig, crop_size: int = 256) -> None:
+    def __init__(self, net: UNetGeneratorConfig, crop_size: int) -> None:
         check_crop(self.name, crop_size, 2**net.depth)
         self.net_config = net
         self.crop_size = crop_size

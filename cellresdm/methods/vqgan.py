@@ -76,13 +76,14 @@ SECTION = "vqgan"
 @dataclass(frozen=True)
 class VQGANLossConfig:
     """Weights of the VQ-GAN loss terms, the step the adversarial game starts at and the GAN objective
-    (``hinge``, ``lsgan`` or ``bce``; see the module doc)."""
+    (``hinge``, ``lsgan`` or ``bce``; see the module doc): keys of section ``vqgan``, whose schema holds the
+    defaults."""
 
-    l1: float = 1.0
-    codebook: float = 1.0
-    adversarial: float = 0.1
-    disc_start: int = 5000
-    gan_loss: str = "hinge"
+    l1: float
+    codebook: float
+    adversarial: float
+    disc_start: int
+    gan_loss: str
 
 
 def _section(config: dict[str, Any], name: str = SECTION) -> dict[str, Any]:
@@ -160,9 +161,9 @@ class VQGANStage:
         self,
         config: VQGANConfig,
         weights: VQGANLossConfig,
-        disc_channels: int = 64,
-        disc_layers: int = 3,
-        crop_size: int = 256,
+        disc_channels: int,
+        disc_layers: int,
+        crop_size: int,
     ) -> None:
         if weights.gan_loss not in GAN_MODES:
             raise ConfigError(f"{SECTION}.gan_loss must be one of {', '.join(GAN_MODES)}, got {weights.gan_loss!r}")
