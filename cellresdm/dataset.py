@@ -1,4 +1,4 @@
-"""Datasets of kept fields (DESIGN.md section 5, stage ``dataset``) and the torch Dataset that reads them.
+"""Datasets of kept fields (docs/design.md section 5, stage ``dataset``) and the torch Dataset that reads them.
 
 ``build_dataset`` writes one dataset store (:mod:`cellresdm.stores`) per split::
 

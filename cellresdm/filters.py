@@ -1,4 +1,4 @@
-"""Field filtering (DESIGN.md section 5, stage ``filter``): which fields of a plate go into the datasets.
+"""Field filtering (docs/design.md section 5, stage ``filter``): which fields of a plate go into the datasets.
 
 Every field of the plate grid gets one row with ``keep`` and the first ``reason`` that applies, in this
 order: ``missing`` (absent from load_data or a channel without a file), ``unreadable`` (a TIFF that cannot

@@ -1,4 +1,4 @@
-"""Ground truth per plate: CellProfiler nuclei and cell instance labels (DESIGN.md section 5, groundtruth).
+"""Ground truth per plate: CellProfiler nuclei and cell instance labels (docs/design.md section 5, groundtruth).
 
 CellProfiler 4.2.8.1 runs headless on the kept fields of one plate with the segmentation part of the cpg0000
 (CPJUMP1) analysis pipeline (jump-cellpainting/2024_Chandrasekaran_NatureMethods,

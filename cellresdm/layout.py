@@ -1,4 +1,4 @@
-"""Names and paths of the Cell Painting Gallery, cpg0000 (CPJUMP1), as checked in DESIGN.md section 3.
+"""Names and paths of the Cell Painting Gallery, cpg0000 (CPJUMP1), as checked in docs/design.md section 3.
 
 Everything that knows how the gallery spells a plate, a field or a channel lives here, so the synthetic
 gallery, the downloader and the dataset builder cannot drift apart.
@@ -16,7 +16,7 @@ BATCH = "2020_11_04_CPJUMP1"
 
 #: Fluorescence channels in the order used by datasets and models: (name, gallery channel number).
 IF_CHANNELS: tuple[str, ...] = ("DNA", "RNA", "ER", "AGP", "Mito")
-#: Brightfield planes, in-focus first: the model's y0 puts plane 0 under the IF channels (DESIGN.md section 4).
+#: Brightfield planes, in-focus first: the model's y0 puts plane 0 under the IF channels (docs/design.md section 4).
 BF_CHANNELS: tuple[str, ...] = ("Brightfield", "HighZBF", "LowZBF")
 ALL_CHANNELS: tuple[str, ...] = IF_CHANNELS + BF_CHANNELS
 #: Gallery channel number (the ``chK`` of the file name) of every channel.

@@ -1,4 +1,4 @@
-"""Binary boundary masks from instance labels (DESIGN.md section 5, ground truth)."""
+"""Binary boundary masks from instance labels (docs/design.md section 5, ground truth)."""
 
 from __future__ import annotations
 

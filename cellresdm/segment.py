@@ -1,4 +1,4 @@
-"""Predicted boundaries to instance labels (DESIGN.md section 5, stage ``segment``).
+"""Predicted boundaries to instance labels (docs/design.md section 5, stage ``segment``).
 
 Every image-generation method predicts two boundary channels per field (nuclei, cells) as probabilities in
 [0, 1]. The training targets are inner object outlines widened to a band (:func:`cellresdm.masks.

@@ -1,4 +1,4 @@
-"""Segmentation scores of predicted instances against the CellProfiler truth (DESIGN.md section 5, stage
+"""Segmentation scores of predicted instances against the CellProfiler truth (docs/design.md section 5, stage
 ``segmentation``; paper Figs. 6 and 7).
 
 Sources of predicted instances are the image-generation methods (nuclei and cells from their predicted

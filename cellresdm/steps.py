@@ -166,13 +166,19 @@ def dataset(
 
 
 def train_method(name: str, config: dict[str, Any], dataset_path: str, out_dir: str) -> Path:
-    """Train method ``name`` on a dataset split with the shared trainer (config sections ``name`` and ``train``)."""
+    """Train method ``name`` on a dataset split with the shared trainer (config sections ``name`` and ``train``).
+
+    The initial weights, like every later draw, depend on ``train.seed`` alone, so a run repeats exactly.
+    """
+    import torch
+
     from cellresdm.dataset import CellPaintingDataset
     from cellresdm.methods import build_method
     from cellresdm.train import Trainer, TrainSettings
 
-    method = build_method(name, config)
     train = config["train"]
+    torch.manual_seed(train["seed"])
+    method = build_method(name, config)
     settings = TrainSettings.from_config(train)
     dataset = CellPaintingDataset(dataset_path, crop_size=config[name]["crop_size"], flips=True, seed=train["seed"])
     log.info(

@@ -1,4 +1,4 @@
-"""The pipeline's zarr v3 stores: the one module that knows their arrays, tables and attributes (DESIGN.md
+"""The pipeline's zarr v3 stores: the one module that knows their arrays, tables and attributes (docs/design.md
 section 5).
 
 Every store is a zarr v3 group directory written with :func:`cellresdm.io.atomic_dir` (readers never see a

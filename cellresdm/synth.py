@@ -1,4 +1,4 @@
-"""The embedded synthetic gallery: Cell Painting plates in the exact cpg0000 layout (DESIGN.md sections 1, 3).
+"""The embedded synthetic gallery: Cell Painting plates in the exact cpg0000 layout (docs/design.md sections 1, 3).
 
 A local folder mirrors the bucket root, so the downloader, filters and dataset builder run unchanged on it:
 

@@ -90,7 +90,7 @@ def test_repo_configs_are_valid(repo_dir):
     assert splits(demo) == ["train", "val", "test"]
     paper = load_config(repo_dir / "configs" / "cpg0000.yaml")
     assert paper["source"] == "gallery"
-    # the paper's train/test plates (DESIGN.md section 3)
+    # the paper's train/test plates (docs/design.md section 3)
     assert plates_in_split(paper, "train") == ["BR00116991", "BR00116992", "BR00116995", "BR00117024"]
     assert plates_in_split(paper, "test") == ["BR00116994", "BR00117026"]
 

@@ -13,7 +13,7 @@ PAPER = {"steps": 15, "kappa": 2.0, "power": 0.3, "min_noise_level": 0.04}
 OFFICIAL = {"steps": 4, "kappa": 2.0, "power": 0.3, "min_noise_level": 0.2}
 CONFIGS = pytest.mark.parametrize("config", [PAPER, OFFICIAL], ids=["paper_T15", "official_T4"])
 
-# sqrt(eta_t) from the DESIGN.md formula, full float64 precision.
+# sqrt(eta_t) from the docs/design.md formula, full float64 precision.
 GOLDEN_SQRT_ETAS_T15 = [
     0.02, 0.11716508, 0.17630456, 0.23362892, 0.29157413, 0.35100928, 0.41235614, 0.47585773,
     0.54167168, 0.60990993, 0.68065802, 0.75398526, 0.82995066, 0.90860639, 0.99,
@@ -51,7 +51,7 @@ def _y0(seed: int = 0, shape=(2, 3, 8, 8)) -> torch.Tensor:
 def test_golden_schedule_paper():
     s = ResShiftSchedule(**PAPER)
     np.testing.assert_allclose(s.sqrt_etas, GOLDEN_SQRT_ETAS_T15, atol=5e-9)
-    # The rounded values DESIGN.md quotes.
+    # The rounded values docs/design.md quotes.
     np.testing.assert_allclose(s.sqrt_etas[[0, 1, 2, 13, 14]], [0.02, 0.117, 0.176, 0.909, 0.99], atol=1e-3)
     assert s.sqrt_etas[0] == 0.02 and s.sqrt_etas[-1] == pytest.approx(0.99, abs=1e-15)
 

@@ -1,4 +1,4 @@
-"""CellProfiler features of real and synthetic IF images, and their correlation (DESIGN.md section 5, features).
+"""CellProfiler features of real and synthetic IF images, and their correlation (docs/design.md section 5, features).
 
 Each field's 5 IF channels (``if`` (N, 5, H, W) float16 in [0, 1] of a dataset or predictions zarr, order
 layout.IF_CHANNELS) are written as uint16 TIFFs (value * 65535) and measured with the measurement part of the

@@ -24,7 +24,7 @@ def target_of(batch: dict[str, Tensor]) -> Tensor:
 
 
 def condition_of(bf: Tensor) -> Tensor:
-    """(B, 7, H, W) condition y0 in [-1, 1] with the target's channel count (DESIGN.md section 4): the in-focus
+    """(B, 7, H, W) condition y0 in [-1, 1] with the target's channel count (docs/design.md section 4): the in-focus
     plane under the 5 IF channels, the two defocus planes under the 2 boundary channels."""
     in_focus, defocus = bf[:, :1], bf[:, 1:3]
     return torch.cat([in_focus.expand(-1, len(layout.IF_CHANNELS), -1, -1), defocus], dim=1) * 2 - 1

@@ -233,13 +233,15 @@ def train_settings(config: dict[str, Any]) -> dict[str, Any]:
 def train_vqgan(config: dict[str, Any], dataset_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Train the VQ-GAN on a dataset split with the shared trainer; returns ``out_dir/model.pt``.
 
-    Settings: :func:`train_settings`; crops of ``vqgan.crop_size`` with flips, seeded by ``train.seed``.
+    Settings: :func:`train_settings`; initial weights and crops of ``vqgan.crop_size`` (with flips) seeded by
+    ``train.seed``, so a run repeats exactly.
     """
     from cellresdm.dataset import CellPaintingDataset
     from cellresdm.train import Trainer, TrainSettings
 
-    stage = VQGANStage.from_config(config)
     train = train_settings(config)
+    torch.manual_seed(train["seed"])  # the initial weights depend on the seed alone
+    stage = VQGANStage.from_config(config)
     settings = TrainSettings.from_config(train)
     dataset = CellPaintingDataset(dataset_path, crop_size=stage.crop_size, flips=True, seed=train["seed"])
     log.info(

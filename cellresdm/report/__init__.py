@@ -1,4 +1,4 @@
-"""The paper's figures and tables and one self-contained HTML report, from the run's own outputs (DESIGN.md
+"""The paper's figures and tables and one self-contained HTML report, from the run's own outputs (docs/design.md
 section 5, stage ``report``).
 
 - :mod:`~cellresdm.report.figures`: Fig. 4 (:func:`fig4_examples`) and Fig. 5 (:func:`fig5_quality`, with the

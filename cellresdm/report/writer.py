@@ -1,4 +1,4 @@
-"""The report stage (DESIGN.md section 5, ``report``): every wanted figure and table of :class:`ReportOutputs`
+"""The report stage (docs/design.md section 5, ``report``): every wanted figure and table of :class:`ReportOutputs`
 from the run's files in :class:`ReportInputs`, and the self-contained HTML page that shows them."""
 
 from __future__ import annotations
