@@ -7,8 +7,10 @@ with it through ``snakemake.utils.validate`` and the ``cellresdm`` CLI through :
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,23 @@ def section(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any
     if name not in properties or properties[name].get("type") != "object":
         raise ConfigError(f"{name!r} is not a config section ({', '.join(sorted(properties))})")
     return validate_config({name: copy.deepcopy(overrides or {})})[name]
+
+
+def settings_values(
+    settings_class: type, section_values: Mapping[str, Any], name: str, skip: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The values of the fields of the dataclass ``settings_class`` (but ``skip``) in the validated config section
+    ``name``, lists as tuples: the body of every settings class's ``from_config``.
+
+    Raises:
+        ConfigError: naming every field the section lacks (it was not validated: see :func:`section`).
+    """
+    names = [f.name for f in dataclasses.fields(settings_class) if f.name not in set(skip)]
+    lacking = [key for key in names if key not in section_values]
+    if lacking:
+        keys = ", ".join(f"{name}.{key}" for key in lacking)
+        raise ConfigError(f"config section '{name}' lacks {keys} (pass a validated section: cellresdm.config.section)")
+    return {key: tuple(value) if isinstance(value, list) else value for key in names for value in [section_values[key]]}
 
 
 def plates_in_split(config: dict[str, Any], split: str) -> list[str]:

@@ -66,10 +66,11 @@ class NormSettings:
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> NormSettings:
         """Settings from the validated ``dataset`` config section (:func:`cellresdm.config.section`)."""
-        try:
-            return cls(scope=section["norm_scope"], low=section["norm_low"], high=section["norm_high"])
-        except KeyError as exc:
-            raise ConfigError(f"config key 'dataset.{exc.args[0]}' is missing (pass a validated section)") from None
+        lacking = [key for key in ("norm_scope", "norm_low", "norm_high") if key not in section]
+        if lacking:
+            keys = ", ".join(f"dataset.{key}" for key in lacking)
+            raise ConfigError(f"config section 'dataset' lacks {keys} (pass a validated section)")
+        return cls(scope=section["norm_scope"], low=section["norm_low"], high=section["norm_high"])
 
 
 @dataclass

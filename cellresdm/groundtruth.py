@@ -15,7 +15,6 @@ label of its nucleus) per kept field, and ``index.parquet`` (written last: it is
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import tempfile
@@ -29,6 +28,7 @@ import pandas as pd
 
 from cellresdm import layout
 from cellresdm.cellprofiler import DEFAULT_CELLPROFILER, CellProfilerRunner, ChunkFolder, resolve_cellprofiler
+from cellresdm.config import settings_values
 from cellresdm.cppipe import make_groundtruth_pipeline
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import read_tiff, write_parquet, write_tiff
@@ -161,11 +161,7 @@ class GroundTruthSettings:
         Raises:
             ConfigError: the section lacks a setting (it was not validated against the schema).
         """
-        names = [f.name for f in dataclasses.fields(cls)]
-        lacking = [k for k in names if k not in section]
-        if lacking:
-            raise ConfigError(f"groundtruth section lacks {', '.join(lacking)} (validate it with the schema)")
-        return cls(**{k: tuple(section[k]) if isinstance(section[k], list) else section[k] for k in names})
+        return cls(**settings_values(cls, section, "groundtruth"))
 
 
 # ----------------------------------------------------------------------------------------------- running

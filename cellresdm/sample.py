@@ -14,7 +14,7 @@ import math
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from cellresdm import io, layout
+from cellresdm.config import settings_values
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.methods.base import N_OUTPUT_CHANNELS, Method
 from cellresdm.stores import create_predictions, open_dataset
@@ -76,10 +77,7 @@ class SampleSettings:
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> SampleSettings:
         """Settings from the validated ``sample`` config section (:func:`cellresdm.config.section`)."""
-        try:
-            return cls(**{f.name: section[f.name] for f in fields(cls)})
-        except KeyError as exc:
-            raise ConfigError(f"config key 'sample.{exc.args[0]}' is missing (pass a validated section)") from None
+        return cls(**settings_values(cls, section, "sample"))
 
 
 def tile_starts(size: int, tile: int, overlap: int, alignment: int = 1) -> list[int]:

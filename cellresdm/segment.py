@@ -47,7 +47,7 @@ import numpy as np
 from skimage.measure import grid_points_in_poly
 from skimage.segmentation import watershed
 
-from cellresdm.config import section
+from cellresdm.config import section, settings_values
 from cellresdm.errors import CellResDMError, ConfigError
 
 # fields run in parallel threads (cellresdm.segment_step); OpenCV's own thread pool would oversubscribe the cores
@@ -123,13 +123,9 @@ class InstanceSettings:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> InstanceSettings:
-        """Settings from the validated ``segment`` config section (:func:`cellresdm.config.section`); lists
+        """Settings from the validated ``instances`` config section (:func:`cellresdm.config.section`); lists
         become tuples."""
-        try:
-            values = {f.name: section[f.name] for f in dataclasses.fields(cls)}
-        except KeyError as exc:
-            raise ConfigError(f"config key 'segment.{exc.args[0]}' is missing (pass a validated section)") from None
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(**settings_values(cls, section, "instances"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings (tuples as lists), as stored in the instance store's attrs."""

@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cellresdm import layout
+from cellresdm.config import settings_values
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import atomic_dir, atomic_path
 from cellresdm.stores import DatasetStore, create_instances, open_dataset
@@ -118,12 +119,7 @@ class StarDistSettings:
         that are not settings (``baselines``) are ignored."""
         if source not in BASELINES:
             raise ConfigError(f"unknown StarDist baseline {source!r}; known: {sorted(BASELINES)}")
-        try:
-            values = {f.name: section[f.name] for f in fields(cls) if f.name != "input"}
-        except KeyError as exc:
-            raise ConfigError(f"config key 'stardist.{exc.args[0]}' is missing (pass a validated section)") from None
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(input=BASELINES[source], **values)
+        return cls(input=BASELINES[source], **settings_values(cls, section, "stardist", skip=("input",)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the settings (tuples as lists)."""

@@ -36,7 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from cellresdm.config import section as validated_section
+from cellresdm.config import settings_values
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import atomic_path, load_torch_dict
 
@@ -134,12 +135,7 @@ class TrainSettings:
         Raises:
             ConfigError: a field is missing from ``section`` (it was not validated), naming the key.
         """
-        missing = [f.name for f in fields(cls) if f.name not in section]
-        if missing:
-            raise ConfigError(f"config section 'train' lacks {', '.join(f'train.{k}' for k in missing)}")
-        values = {f.name: section[f.name] for f in fields(cls)}
-        values["betas"] = tuple(values["betas"])  # a tuple, as AdamW and the saved settings have always had it
-        return cls(**values)
+        return cls(**settings_values(cls, section, "train"))  # betas a tuple, as AdamW and saved settings have it
 
     def validate(self) -> None:
         """Check the settings against the schema of section ``train`` (where every per-key limit lives) and

@@ -155,7 +155,7 @@ def test_settings_validation_and_config() -> None:
         _settings(aggregate="max")
     with pytest.raises(ConfigError, match="(?s)features.segmentation.*declump_method"):
         _settings(segmentation={"declump_method": "Magic"})
-    with pytest.raises(ConfigError, match="lacks backend"):
+    with pytest.raises(ConfigError, match="lacks features.backend"):
         FeatureSettings.from_config({"texture_scales": [3]})  # not validated
     assert _settings().segmentation.discard_border_nuclei is True
     features = {"backend": "cp_measure", "texture_scales": [3, 5], "segmentation": {"pixel_size_um": 1.196}}

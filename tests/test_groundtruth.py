@@ -130,7 +130,7 @@ def test_settings_defaults_and_validation():
     with pytest.raises(ConfigError, match="nuclei_threshold_method"):
         _settings(nuclei_threshold_method="Magic")
     assert _settings(pixel_size_um=0.3, nuclei_diameter=[12, 60]).nuclei_diameter == (12, 60)
-    with pytest.raises(ConfigError, match="lacks nuclei_diameter"):
+    with pytest.raises(ConfigError, match="lacks groundtruth.nuclei_diameter"):
         GroundTruthSettings.from_config({"pixel_size_um": 0.3, "cellprofiler": "x"})  # not validated
 
 

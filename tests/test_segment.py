@@ -233,5 +233,5 @@ def test_settings_validation_and_config():
     ):
         with pytest.raises(ConfigError, match=key):
             _settings(**bad)
-    with pytest.raises(ConfigError, match="segment.grow' is missing"):
+    with pytest.raises(ConfigError, match="lacks instances.grow"):
         InstanceSettings.from_config({k: v for k, v in section("instances").items() if k != "grow"})

@@ -227,7 +227,7 @@ def test_settings_from_config():
     assert StarDistSettings.from_config(section("stardist"), "stardist_if").input == "dna"
     with pytest.raises(ConfigError, match="unknown StarDist baseline 'stardist_xx'"):
         StarDistSettings.from_config(section("stardist"), "stardist_xx")
-    with pytest.raises(ConfigError, match="stardist.n_rays' is missing"):
+    with pytest.raises(ConfigError, match="lacks stardist.n_rays"):
         StarDistSettings.from_config({"epochs": 3}, "stardist_bf")
     for bad, key in (
         ({"grid": [3, 3]}, "stardist.grid"),

@@ -75,11 +75,7 @@ class FeatureSettings:
             seg = config.section("groundtruth", seg)
         except ConfigError as exc:
             raise ConfigError(f"features.segmentation: {exc}") from exc
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "segmentation"]
-        lacking = [k for k in names if k not in section]
-        if lacking:
-            raise ConfigError(f"features section lacks {', '.join(lacking)} (validate it with the schema)")
-        kwargs = {k: tuple(section[k]) if isinstance(section[k], list) else section[k] for k in names}
+        kwargs = config.settings_values(cls, section, "features", skip=("segmentation",))
         return cls(segmentation=GroundTruthSettings.from_config(seg), **kwargs)
 
     def at_pixel_size(self, pixel_size_um: float) -> FeatureSettings:
