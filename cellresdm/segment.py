@@ -114,12 +114,11 @@ class InstanceSettings:
         for name in ("nuclei_closing_radii", "cells_closing_radii"):
             radii = getattr(self, name)
             if not all(a < b for a, b in zip(radii, radii[1:], strict=False)):
-                raise ConfigError(f"segment.{name}: must increase (got {list(radii)})")
+                raise ConfigError(f"instances.{name}: must increase (got {list(radii)})")
         for small, large in (("min_nucleus_area", "max_nucleus_area"), ("min_cell_area", "max_cell_area")):
-            if not getattr(self, large) > getattr(self, small):
-                raise ConfigError(
-                    f"segment.{large}: must be > segment.{small} ({getattr(self, small)}) (got {getattr(self, large)})"
-                )
+            low, high = getattr(self, small), getattr(self, large)
+            if not high > low:
+                raise ConfigError(f"instances.{large}: must be > instances.{small} ({low}) (got {high})")
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> InstanceSettings:

@@ -132,12 +132,12 @@ def _check_source_name(source: str) -> None:
 def _check_taus(taus: Sequence[float]) -> tuple[float, ...]:
     values = tuple(float(t) for t in taus)
     if not values:
-        raise ConfigError("segmentation taus: at least one IoU threshold is needed")
+        raise ConfigError("segmentation_scores.taus: at least one IoU threshold is needed")
     bad = [t for t in values if not 0.0 < t <= 1.0]
     if bad:
-        raise ConfigError(f"segmentation taus must lie in (0, 1], got {bad}")
+        raise ConfigError(f"segmentation_scores.taus must lie in (0, 1], got {bad}")
     if len(set(values)) != len(values):
-        raise ConfigError(f"segmentation taus must be distinct, got {list(values)}")
+        raise ConfigError(f"segmentation_scores.taus must be distinct, got {list(values)}")
     return values
 
 
@@ -494,7 +494,7 @@ def write_scores(
         raise CellResDMError("segmentation scores: no instances to score")
     taus = _check_taus(taus)
     if not any(np.isclose(ttest_tau, t) for t in taus):
-        raise ConfigError(f"segmentation ttest_tau {ttest_tau} is not one of the taus {list(taus)}")
+        raise ConfigError(f"segmentation_scores.ttest_tau {ttest_tau} is not one of the taus {list(taus)}")
     for source in instances:
         _check_source_name(source)
     if set(outputs.tables) != set(instances):

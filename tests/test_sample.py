@@ -40,8 +40,12 @@ class PointwiseMethod(Method):
     def size_multiple(self) -> int:
         return 16
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PointwiseMethod:
+        return cls(**config.get(cls.name, {}))
+
     def config(self) -> dict[str, Any]:
-        return {}
+        return {self.name: {"steps": self.steps}}
 
     @torch.no_grad()
     def sample(self, bf: Tensor, noise: Tensor | None = None, generator=None) -> Tensor:

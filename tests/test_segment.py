@@ -223,13 +223,13 @@ def test_settings_validation_and_config():
     default = _settings()
     assert default.threshold == 0.5 and default.cells_closing_radii == (3, 6)  # the schema's defaults
     for bad, key in (
-        ({"threshold": 1.5}, "segment.threshold"),
-        ({"grow": -1}, "segment.grow"),
-        ({"cells_closing_radii": [6, 3]}, "segment.cells_closing_radii"),
-        ({"max_cell_area": 10}, "segment.max_cell_area"),
-        ({"split_cells": "yes"}, "segment.split_cells"),
-        ({"min_enclosure": 2}, "segment.min_enclosure"),
-        ({"taus": [0.5]}, "segment.taus"),
+        ({"threshold": 1.5}, "instances.threshold"),
+        ({"grow": -1}, "instances.grow"),
+        ({"cells_closing_radii": [6, 3]}, "instances.cells_closing_radii"),
+        ({"max_cell_area": 10}, "instances.max_cell_area"),
+        ({"split_cells": "yes"}, "instances.split_cells"),
+        ({"min_enclosure": 2}, "instances.min_enclosure"),
+        ({"taus": [0.5]}, "instances.taus"),
     ):
         with pytest.raises(ConfigError, match=key):
             _settings(**bad)

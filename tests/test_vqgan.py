@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -165,6 +166,9 @@ def write_dataset(path, n: int = 4, size: int = 32) -> None:
     for name, values in arrays.items():
         root.create_array(name, data=values.numpy().astype(np.float32))
     root.create_array("labels", data=np.zeros((n, 2, size, size), dtype=np.int32))
+    pd.DataFrame({"plate": "P1", "field": [f"f{i}" for i in range(n)], "index": range(n)}).to_parquet(
+        path / "fields.parquet", index=False
+    )
 
 
 def test_train_vqgan_uses_its_own_train_overrides(tmp_path):
