@@ -35,6 +35,7 @@ from cellresdm.errors import CellResDMError, ConfigError, ImageError
 from cellresdm.filters import histogram_percentiles, uint16_histogram
 from cellresdm.io import read_tiff
 from cellresdm.masks import boundaries_from_labels
+from cellresdm.results import field_labels_name
 from cellresdm.stores import DatasetStore, create_dataset, open_dataset
 
 _LOG = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _kept_fields(plates: Sequence[PlateInput]) -> list[_Field]:
                     site=site,
                     field=field,
                     paths=tuple(paths),
-                    labels_path=str(Path(p.groundtruth_dir) / f"{field}_labels.tiff"),
+                    labels_path=str(Path(p.groundtruth_dir) / field_labels_name(field)),
                 )
             )
     if not out:

@@ -32,11 +32,14 @@ from cellresdm.config import settings_values
 from cellresdm.cppipe import make_groundtruth_pipeline
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.io import read_tiff, write_parquet, write_tiff
+from cellresdm.results import field_labels_name
 
 #: Pixel size (um) the reference pipeline's size settings were chosen for (CPJUMP1, 20x).
 REFERENCE_PIXEL_SIZE_UM = 0.598
 #: Columns of ``index.parquet``.
 INDEX_COLUMNS = ["field", "labels", "n_nuclei", "n_cells", "seconds"]
+#: The index's file name in the output folder (the rule's output: cellresdm.results ``groundtruth_index``).
+INDEX_NAME = "index.parquet"
 #: Columns of :func:`qc_against_truth`.
 QC_COLUMNS = [
     "field",
@@ -268,7 +271,7 @@ def _collect(chunk: pd.DataFrame, out: Path, out_dir: Path, seconds: dict[str, f
         cells = _read_cp_labels(out / f"{field}_cells.tiff")
         if nuclei.shape != cells.shape:
             raise CellResDMError(f"{field}: CellProfiler nuclei {nuclei.shape} and cells {cells.shape} differ")
-        target = out_dir / f"{field}_labels.tiff"
+        target = out_dir / field_labels_name(field)
         write_tiff(target, np.stack([nuclei, cells]))
         rows.append(
             {
@@ -323,7 +326,7 @@ def run_cellprofiler(
     """
     log = log or logging.getLogger(__name__)
     out_dir = Path(out_dir).absolute()  # CellProfiler runs in a folder of its own
-    index_path = out_dir / "index.parquet"
+    index_path = out_dir / INDEX_NAME
     with contextlib.suppress(FileNotFoundError):
         index_path.unlink()
     if workers < 1 or chunk_size < 1:
@@ -410,7 +413,7 @@ def qc_against_truth(index: pd.DataFrame, truth_dir: Path, iou: float = 0.5) -> 
     rows = []
     for field, path in zip(index["field"], index["labels"], strict=True):
         pred = read_tiff(path, ndim=3)
-        true = read_tiff(truth_dir / f"{field}_labels.tiff", ndim=3)
+        true = read_tiff(truth_dir / field_labels_name(field), ndim=3)
         if pred.shape != true.shape or pred.shape[0] != len(layout.OBJECT_CHANNELS):
             raise CellResDMError(
                 f"{field}: labels {pred.shape} ({path}) and true labels {true.shape} must both be (2, H, W)"

@@ -557,6 +557,11 @@ class ResultsLayout:
         return self.path("benchmark", stage=stage, name=name)
 
 
+def field_labels_name(field: str) -> str:
+    """File name of one field's label image (2 x H x W uint16: nuclei, cells) in a ground-truth or truth folder."""
+    return f"{field}_labels.tiff"
+
+
 #: The report items of :meth:`ResultsLayout.report`, in :data:`OUTPUTS` order.
 REPORT_ITEMS: tuple[str, ...] = tuple(o.name.removeprefix("report_") for o in OUTPUTS if o.name.startswith("report_"))
 

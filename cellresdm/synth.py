@@ -44,6 +44,7 @@ from skimage.segmentation import find_boundaries
 
 from cellresdm import layout
 from cellresdm.io import write_text, write_tiff
+from cellresdm.results import field_labels_name
 
 #: Pixel size of the CPJUMP1 fields (um per pixel, 20x).
 PIXEL_SIZE_UM = 0.598
@@ -56,6 +57,9 @@ MITO_SCALE_RANGE = (0.6, 1.6)
 # Spawn-key tags keep the seed streams of fields, plates and wells apart.
 _FIELD_TAG, _PLATE_TAG, _WELL_TAG = 1, 2, 3
 _PLATE_DIR_BASE = dt.datetime(2020, 11, 5, 8, 0, 0)
+
+#: Per-well generator settings in the truth folder (cellresdm.results ``demo_wells``).
+WELLS_NAME = "wells.csv"
 
 
 @dataclass(frozen=True)
@@ -657,12 +661,12 @@ def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: Sy
                 Metadata_Plate=plate.plate, Metadata_Well=well, Metadata_Site=site, Metadata_Row=row, Metadata_Col=col
             )
             rows.append(record)
-            write_tiff(truth_dir / f"{layout.field_id(row, col, site)}_labels.tiff", labels)
+            write_tiff(truth_dir / field_labels_name(layout.field_id(row, col, site)), labels)
 
     columns = [layout.url_column(c) for c in ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF", "LowZBF")]
     columns += ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Row", "Metadata_Col"]
     load_data = root / gallery.load_data_key(plate.plate)
-    write_text(truth_dir / "wells.csv", pd.DataFrame(wells).to_csv(index=False))
+    write_text(truth_dir / WELLS_NAME, pd.DataFrame(wells).to_csv(index=False))
     write_text(load_data, pd.DataFrame(rows, columns=columns).to_csv(index=False))
     return load_data
 

@@ -89,3 +89,16 @@ def test_the_search_finds_a_spelled_path():
     assert SPELLED.search('out = "results/fields/x.parquet"')
     assert SPELLED.search('root / "datasets" / "test.zarr"')
     assert not SPELLED.search('config["segmentation"]["taus"]')
+
+
+def test_file_names_written_inside_a_step_folder_agree_with_the_layout():
+    """The trainer and ground truth name files inside the folder they are given; the layout must say the same."""
+    from cellresdm import groundtruth, synth, train
+
+    layout = ResultsLayout()
+    assert layout.model("m") == f"{layout.model_dir('m')}/{train.MODEL_NAME}"
+    assert layout.train_log("m") == f"{layout.model_dir('m')}/{train.LOG_NAME}"
+    assert layout.groundtruth_index("P1") == f"{layout.groundtruth_dir('P1')}/{groundtruth.INDEX_NAME}"
+    assert layout.demo_wells("P1") == f"{layout.demo_truth('P1')}/{synth.WELLS_NAME}"
+    assert layout.load_data("P1").rsplit("/", 1)[0] == layout.raw_images("P1").rsplit("/", 1)[0]
+    assert results.field_labels_name("r02c02f01") == "r02c02f01_labels.tiff"
