@@ -21,6 +21,15 @@ from cellresdm.layout import GalleryLayout
 log = logging.getLogger("cellresdm")
 
 
+def use_threads(threads: int) -> None:
+    """Let torch use ``threads`` CPU threads: the rule's ``threads`` (Snakemake does not set OMP_NUM_THREADS for
+    scripts, and torch's default, every core of the node, oversubscribes a shared node and changes float
+    reductions from one machine to the next)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
 def layout_from_config(gallery: dict[str, Any]) -> GalleryLayout:
     return GalleryLayout(project=gallery["project"], source=gallery["source"], batch=gallery["batch"])
 

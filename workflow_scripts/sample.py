@@ -1,9 +1,10 @@
-"""Snakemake adapter: sample one method on the test split."""
+"""Snakemake adapter: sample one method on the test split (torch on the rule's threads)."""
 
 from cellresdm.logs import step_logging
-from cellresdm.steps import sample_method
+from cellresdm.steps import sample_method, use_threads
 
 with step_logging(snakemake.log[0]):
+    use_threads(snakemake.threads)
     sample_method(
         snakemake.wildcards.method,
         snakemake.input.model,
