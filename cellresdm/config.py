@@ -136,7 +136,7 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
 class _ConfigDumper(yaml.SafeDumper):
     """Block style, but lists of plain values on one line (``channel_mult: [1, 2, 2, 4]``), as configs are written."""
 
-    def represent_list(self, data):
+    def represent_list(self, data: list) -> yaml.SequenceNode:
         flow = all(not isinstance(item, dict | list) for item in data)
         return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
