@@ -2,7 +2,11 @@
 # Run `snakemake --cores N` (one machine) or `snakemake --profile slurm` (cluster); see README.md.
 
 
-configfile: "config.yaml"
+# config.yaml (the demo) is the config only when the command line names none: a --configfile is layered over
+# the schema defaults alone (rules/common.smk fills them), never over the demo's small settings.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"
@@ -33,3 +37,7 @@ rule all:
     default_target: True
     input:
         all_outputs(),
+
+
+onstart:
+    write_run_config()

@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from cellresdm.errors import ConfigError
+from cellresdm.io import write_text
 
 SCHEMA_FILE = "config.schema.yaml"
 #: Config sections renamed so that no two names can be confused: old name -> new name.
@@ -130,6 +131,40 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
         if not isinstance(config, dict):
             raise ConfigError(f"{path}: a config file must hold a mapping of keys, got {type(config).__name__}")
     return validate_config(config)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Block style, but lists of plain values on one line (``channel_mult: [1, 2, 2, 4]``), as configs are written."""
+
+    def represent_list(self, data: list) -> yaml.SequenceNode:
+        flow = all(not isinstance(item, dict | list) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ConfigDumper.add_representer(list, _ConfigDumper.represent_list)
+
+
+def config_origin(files: Sequence[str], overrides: Iterable[str] = ()) -> str:
+    """What a run's config is made of, in merge order: e.g. ``schema defaults + configs/cpg0000.yaml``.
+
+    Args:
+        files: the config files, in the order they were merged.
+        overrides: the top-level keys set on the command line (``snakemake --config KEY=VALUE``).
+    """
+    parts = ["schema defaults", *files]
+    keys = list(overrides)
+    if keys:
+        parts.append(f"--config {', '.join(keys)}")
+    return " + ".join(parts)
+
+
+def write_resolved_config(config: Mapping[str, Any], path: str | os.PathLike, origin: str) -> None:
+    """Write the validated ``config`` (every default filled in) to ``path`` atomically, as YAML under a header
+    naming ``origin`` (:func:`config_origin`). Top-level keys follow the schema's order; the file is itself a
+    complete config, so ``--configfile PATH`` repeats the run's settings."""
+    order = [key for key in load_schema()["properties"] if key in config]
+    body = yaml.dump({key: config[key] for key in order}, Dumper=_ConfigDumper, sort_keys=False)
+    write_text(path, f"# The resolved configuration of this run: {origin}.\n{body}")
 
 
 def section(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Atomic file output, validated image input and checked torch file loading.
 
 Every output of the pipeline is written to a temporary sibling and renamed into place, so an interrupted
-job never leaves a half-written file that a rerun would mistake for a finished one.
+job never leaves a half-written file that a rerun would mistake for a finished one. The temporaries get the
+modes a plain write would give (``tempfile`` makes them private: files 0600, folders 0700).
 """
 
 from __future__ import annotations
@@ -18,6 +19,29 @@ import tifffile
 
 from cellresdm.errors import CellResDMError, ImageError
 
+#: Where Linux reports a process's umask (``Umask:`` line, kernels from 4.7).
+PROC_STATUS = "/proc/self/status"
+
+
+def current_umask() -> int:
+    """The process's umask, read on every call so that a change of it is followed.
+
+    Linux reports it (``Umask:`` of :data:`PROC_STATUS`), so it is read without changing it. Elsewhere it is read
+    the only way POSIX offers, by setting and restoring it; a file another thread creates in between gets 0022.
+    """
+    with contextlib.suppress(OSError, ValueError), open(PROC_STATUS) as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(directory: bool = False) -> int:
+    """The mode a plain ``open(..., "w")`` (or ``mkdir`` for a ``directory``) gives under the current umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -33,6 +57,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        tmp.chmod(plain_mode())
         yield tmp
         os.replace(tmp, target)
     except BaseException:
@@ -49,6 +74,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        tmp.chmod(plain_mode(directory=True))
         yield tmp
         if target.exists() or target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))

@@ -49,6 +49,14 @@ class Output:
 #: Every output, in pipeline order.
 OUTPUTS: tuple[Output, ...] = (
     Output(
+        "resolved_config",
+        "config.resolved.yaml",
+        "every run",
+        "(onstart)",
+        "cellresdm.config.write_resolved_config",
+        "the run's config as validated, every default filled in; its header names the config files used",
+    ),
+    Output(
         "demo_gallery",
         "demo_gallery",
         "synthetic gallery",
@@ -437,6 +445,9 @@ class ResultsLayout:
             KeyError: ``output`` is not an output, or a wildcard is missing.
         """
         return posixpath.join(self.root, _BY_NAME[output].template.format(**wildcards))
+
+    def resolved_config(self) -> str:
+        return self.path("resolved_config")
 
     # synthetic gallery (demo)
     def demo_gallery(self) -> str:

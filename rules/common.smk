@@ -1,9 +1,14 @@
 # Shared configuration and helper functions of all rules (no lambdas in rules: name them here).
 # Every path comes from cellresdm.results (the results layout); no rule spells one.
+import os
+
+from snakemake.logging import logger
+
 from cellresdm import config as cfg
 from cellresdm.layout import GalleryLayout
 from cellresdm.results import ResultsLayout
 
+# Fills the schema defaults in place: every key the config files leave out comes from the schema.
 cfg.validate_config(config)
 
 RESULTS = ResultsLayout()
@@ -13,6 +18,25 @@ LAYOUT = GalleryLayout(
     source=config["gallery"]["source"],
     batch=config["gallery"]["batch"],
 )
+
+
+def shown_path(path):
+    """``path`` relative to the working directory where it lies below it, else absolute."""
+    relative = os.path.relpath(path)
+    return os.path.abspath(path) if relative.startswith("..") else relative
+
+
+def config_files():
+    """The config files of this run in merge order: the command line's, or config.yaml where it names none."""
+    return [shown_path(path) for path in workflow.configfiles]
+
+
+def write_run_config():
+    """Log the run's config files and write its resolved config (validated, every default filled) to the
+    results folder. Called on start, so a dry run writes nothing."""
+    origin = cfg.config_origin(config_files(), workflow.config_settings.config)
+    cfg.write_resolved_config(config, RESULTS.resolved_config(), origin)
+    logger.info(f"Config: {origin}; resolved: {RESULTS.resolved_config()}")
 
 
 def is_demo():

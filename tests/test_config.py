@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cellresdm.config import load_config, load_schema, plates_in_split, section, splits, validate_config
+from cellresdm.config import (
+    config_origin,
+    load_config,
+    load_schema,
+    plates_in_split,
+    section,
+    splits,
+    validate_config,
+    write_resolved_config,
+)
 from cellresdm.errors import ConfigError
 
 
@@ -126,3 +135,16 @@ def test_section_gives_the_schema_defaults_with_overrides():
         section("methods")
     with pytest.raises(ConfigError, match="train.steps"):
         section("train", {"steps": 0})
+
+
+def test_resolved_config_is_a_complete_config_naming_its_origin(tmp_path, repo_dir):
+    config = load_config(repo_dir / "configs" / "cpg0000.yaml")
+    origin = config_origin(["configs/cpg0000.yaml"], ["methods"])
+    assert origin == "schema defaults + configs/cpg0000.yaml + --config methods"
+    path = tmp_path / "config.resolved.yaml"
+    write_resolved_config(config, path, origin)
+    text = path.read_text()
+    assert text.splitlines()[0] == f"# The resolved configuration of this run: {origin}."
+    assert list(yaml.safe_load(text)) == [key for key in load_schema()["properties"] if key in config]
+    assert load_config(path) == config  # feeding it back repeats the run's settings
+    assert "channel_mult: [1, 2, 2, 4]" in text  # lists of values on one line, as configs are written

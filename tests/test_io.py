@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import tifffile
 
+from cellresdm import io
 from cellresdm.errors import ImageError
-from cellresdm.io import atomic_path, read_tiff, write_tiff
+from cellresdm.io import atomic_dir, atomic_path, read_tiff, write_tiff
 from cellresdm.masks import boundaries_from_labels
 
 
@@ -59,3 +63,41 @@ def test_boundaries_thickness():
     touching[:, :5], touching[:, 5:] = 1, 2
     edges = boundaries_from_labels(touching, thickness=1)
     assert edges[:, 4].all() and edges[:, 5].all()  # both sides of a shared border
+
+
+@pytest.fixture(params=[0o022, 0o007], ids=["umask0022", "umask0007"])
+def umask(request):
+    """Run under this umask (restored afterwards)."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("from_proc", [True, False], ids=["proc", "set-and-restore"])
+def test_the_umask_is_read_without_changing_it(umask, from_proc, monkeypatch):
+    if not from_proc:  # a system without /proc
+        monkeypatch.setattr(io, "PROC_STATUS", "/nonexistent/status")
+    assert io.current_umask() == umask
+    assert os.umask(umask) == umask
+
+
+def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path, umask):
+    """Files and folders (a zarr store: a folder of folders and files) as a plain write leaves them."""
+    plain_file, plain_dir = tmp_path / "plain.txt", tmp_path / "plain_store"
+    plain_file.write_text("x")
+    plain_dir.mkdir()
+    with atomic_path(tmp_path / "atomic.txt") as tmp:
+        tmp.write_text("x")
+    with atomic_dir(tmp_path / "atomic_store") as tmp:
+        (tmp / "group").mkdir()
+        with atomic_path(tmp / "group" / "zarr.json") as inner:
+            inner.write_text("{}")
+    assert _mode(plain_file) == 0o666 & ~umask and _mode(plain_dir) == 0o777 & ~umask
+    assert _mode(tmp_path / "atomic.txt") == _mode(plain_file)
+    assert _mode(tmp_path / "atomic_store") == _mode(plain_dir)
+    assert _mode(tmp_path / "atomic_store" / "group") == _mode(plain_dir)
+    assert _mode(tmp_path / "atomic_store" / "group" / "zarr.json") == _mode(plain_file)

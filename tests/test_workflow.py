@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,13 +16,17 @@ import pytest
 import yaml
 import zarr
 
+from cellresdm.config import load_config, validate_config
 from cellresdm.results import DEFAULT_ROOT, ResultsLayout
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 CELLPROFILER = REPO / ".venv-cp" / "bin" / "cellprofiler"
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow_scripts", "report", "envs", "config.yaml"]
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow_scripts", "report", "envs", "config.yaml", "configs"]
+#: The README's commands for the paper's setup on one machine and on a cluster (the tests below run them).
+README_RUN = "snakemake --cores 16 --configfile configs/cpg0000.yaml"
+README_CLUSTER_RUN = "snakemake --profile slurm --configfile configs/cpg0000.yaml"
 
 #: A config small enough for CI: 3 plates (one per split), 4 wells x 2 sites of 192x192 pixels.
 TINY_CONFIG = {
@@ -121,10 +126,60 @@ def test_dry_run_of_the_demo_plans_every_stage():
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the plan"
 
 
+def readme_args(command: str) -> list[str]:
+    """The arguments of a README command (after ``snakemake``)."""
+    return shlex.split(command)[1:]
+
+
+def test_the_readme_runs_the_tested_commands():
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"^```bash\n(.*?)^```", readme, re.M | re.S)
+    commands = [line for block in blocks for line in block.splitlines() if line.startswith("snakemake ")]
+    assert commands == [README_RUN, README_CLUSTER_RUN]
+
+
 def test_dry_run_of_the_paper_config_reads_the_gallery():
-    result = snakemake(REPO, "-n", "--cores", "1", "--quiet", "rules", "--configfile", "configs/cpg0000.yaml")
+    result = snakemake(REPO, "-n", "--quiet", "rules", *readme_args(README_RUN))
     assert re.search(r"^download\s+8$", result.stdout, re.M)
     assert "synth_plate" not in result.stdout and "groundtruth_qc" not in result.stdout
+
+
+def resolved_config(tmp_path: Path, *args: str) -> tuple[dict, str]:
+    """The resolved config (and its header line) that a run of a copy of the workflow writes on start; a dry run
+    writes none. ``--touch`` runs no rule: the jobs only touch the outputs they find."""
+    work = make_workdir(tmp_path, None)
+    path = work / ResultsLayout().resolved_config()
+    snakemake(work, "-n", *args)
+    assert not path.exists(), "a dry run wrote the resolved config"
+    result = snakemake(work, "--touch", *args)
+    text = path.read_text()
+    assert f"resolved: {ResultsLayout().resolved_config()}" in result.stderr  # the log names the config files
+    return yaml.safe_load(text), text.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "config_file"),
+    [(["--cores", "1"], "config.yaml"), (readme_args(README_RUN), "configs/cpg0000.yaml")],
+    ids=["demo", "paper"],
+)
+def test_a_run_resolves_its_config_to_the_schema_defaults_and_its_config_file(tmp_path, args, config_file):
+    resolved, header = resolved_config(tmp_path, *args)
+    assert header == f"# The resolved configuration of this run: schema defaults + {config_file}."
+    assert resolved == load_config(REPO / config_file)
+    given = yaml.safe_load((REPO / config_file).read_text())
+    defaults = validate_config({})
+    for key in resolved.keys() - given.keys():
+        assert resolved[key] == defaults[key], f"{key}: not the schema default"
+
+
+def test_the_demo_sets_what_the_paper_config_leaves_to_the_schema():
+    """So the paper case above would catch a leak of the demo's small baselines, VQ-GAN and StarDist."""
+    demo = load_config(REPO / "config.yaml")
+    paper = yaml.safe_load((REPO / "configs" / "cpg0000.yaml").read_text())
+    defaults = validate_config({})
+    for key in ("stardist", "vqgan", "unet", "pix2pix", "spade", "palette", "spade_diffusion", "features"):
+        assert key not in paper and demo[key] != defaults[key], key
+    assert demo["vqgan"]["train"] and not defaults["vqgan"]["train"]  # the demo's 300-step VQ-GAN
 
 
 def test_bad_config_fails_with_the_key_named(tmp_path):
@@ -149,7 +204,8 @@ def test_slurm_profile_parses_and_resolves_every_rules_resources(tmp_path):
     profile_dir.mkdir()
     del profile["software-deployment-method"]
     (profile_dir / "config.yaml").write_text(yaml.safe_dump(profile))
-    result = snakemake(REPO, "-n", "--profile", str(profile_dir), "--configfile", "configs/cpg0000.yaml")
+    args = [str(profile_dir) if arg == "slurm" else arg for arg in readme_args(README_CLUSTER_RUN)]
+    result = snakemake(REPO, "-n", *args)
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
     assert {rule for rule, _ in jobs} >= {"download", "filter_fields", "groundtruth", "dataset"}
     for rule, resources in jobs:
