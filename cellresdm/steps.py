@@ -189,7 +189,7 @@ def train_method(name: str, config: dict[str, Any], dataset_path: str, out_dir: 
         crop_size=config[name]["crop_size"],
         flips=True,
         seed=train["seed"],
-        crops_per_field=train["crops_per_field"],
+        crops_per_field=settings.crops_per_field,
     )
     log.info(
         "training %s on %s (%d fields x %d crops), %d parameters",

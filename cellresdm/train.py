@@ -108,6 +108,8 @@ class TrainSettings:
         checkpoint_every: steps between checkpoints (one is also written at the end).
         log_every: steps between log lines.
         seed: seed of the data order and of every step's randomness.
+        crops_per_field: random crops per field and epoch of a :class:`cellresdm.dataset.CellPaintingDataset`
+            (read where the dataset is built; None derives it from field and crop size).
         num_workers: DataLoader worker processes.
         amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` (always) or ``"off"``.
     """
@@ -124,6 +126,7 @@ class TrainSettings:
     checkpoint_every: int
     log_every: int
     seed: int
+    crops_per_field: int | None
     num_workers: int
     amp: str
 

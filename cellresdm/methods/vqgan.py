@@ -248,7 +248,7 @@ def train_vqgan(config: dict[str, Any], dataset_path: str | os.PathLike, out_dir
         crop_size=stage.crop_size,
         flips=True,
         seed=train["seed"],
-        crops_per_field=train["crops_per_field"],
+        crops_per_field=settings.crops_per_field,
     )
     log.info(
         "training the VQ-GAN on %s (%d fields x %d crops), %d autoencoder + %d discriminator parameters",
