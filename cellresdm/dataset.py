@@ -408,7 +408,8 @@ class CellPaintingDataset(torch.utils.data.Dataset):
         self.n_fields = len(store)
         self.height, self.width = store.shape
         if crop_size is not None and (crop_size < 1 or crop_size > min(self.height, self.width)):
-            first = store.fields["field"].iloc[0] if len(store.fields) else "?"
+            names = store.fields["field"] if "field" in store.fields.columns else store.fields.index
+            first = next(iter(names), "?")
             raise ConfigError(
                 f"dataset {self.path}: crop_size {crop_size} does not fit its fields of {self.height}x{self.width} "
                 f"(e.g. field {first}); lower the method's crop_size or rebuild the dataset larger"
