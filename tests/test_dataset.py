@@ -410,6 +410,9 @@ def test_one_field_fills_batches_of_eight(tmp_path):
     assert load_model_weights(path, build_method("unet", config).network)["method"] == "unet"
     saved = torch.load(path, weights_only=True)
     assert saved["step"] == 3 and saved["dataset_size"] == 16 and saved["crops_per_field"] == 16
+    config["train"]["crops_per_field"] = 8  # other items each epoch: the run cannot be continued
+    with pytest.raises(CellResDMError, match=r"incompatible run: .*crops_per_field 16 \(now 8\)"):
+        train_method("unet", config, str(out), str(tmp_path / "unet"))
     config["train"]["crops_per_field"] = 4  # 4 items: fewer than one batch
     with pytest.raises(CellResDMError, match="4 items, fewer than one batch of 8.*4 crops per field"):
         train_method("unet", config, str(out), str(tmp_path / "unet4"))
