@@ -66,6 +66,10 @@ def _run(args: argparse.Namespace) -> None:
         if args.method not in config["methods"]:
             raise CellResDMError(f"method {args.method!r} is not enabled in the config's methods {config['methods']}")
         _run_models(args, config, results)
+    elif args.step == "train-vqgan":
+        from cellresdm.methods.vqgan import train_vqgan
+
+        train_vqgan(config, args.dataset or results.dataset("train"), args.out_dir or results.model_dir(steps.VQGAN))
     elif args.step == "dataset":
         plates = cfg.plates_in_split(config, args.split)
         if not plates:
@@ -132,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("method")
     train.add_argument("--dataset", help="default: the train split's dataset store under --results")
     train.add_argument("--out-dir", help="default: the method's model folder under --results")
+    vqgan = sub.add_parser("train-vqgan", help="train the VQ-GAN of latent CellResDM (under torchrun: data parallel)")
+    vqgan.add_argument("--dataset", help="default: the train split's dataset store under --results")
+    vqgan.add_argument("--out-dir", help="default: the VQ-GAN's model folder under --results")
     sub.add_parser("sample", help="sample one trained method on the test split").add_argument("method")
     sub.add_parser("dataset", help="zarr dataset of one split").add_argument("split", choices=["train", "val", "test"])
     compare = sub.add_parser("compare", help="compare two results folders (arrays bit-identical, tables equal)")

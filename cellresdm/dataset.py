@@ -360,29 +360,63 @@ def _seed_for(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0])
 
 
+def crops_per_field_of(height: int, width: int, crop_size: int | None, requested: int | None = None) -> int:
+    """Random crops drawn from each field per epoch (config key ``train.crops_per_field``).
+
+    ``requested`` (an int >= 1) is used as given; None derives it from the sizes: the number of non-overlapping
+    ``crop_size`` crops that fit in a ``height x width`` field, ``(height // crop_size) * (width // crop_size)``,
+    at least 1 (a 540-px field gives 64 crops of 64 px). Whole fields (``crop_size`` None) give 1.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"train.crops_per_field must be >= 1 or null, got {requested}")
+        return int(requested)
+    if crop_size is None:
+        return 1
+    return max(1, (height // crop_size) * (width // crop_size))
+
+
 class CellPaintingDataset(torch.utils.data.Dataset):
     """Fields of a dataset built by :func:`build_dataset`, with random crops, flips and 90-degree rotations.
 
-    Each item is a dict of ``bf`` (3, h, w), ``if`` (5, h, w), ``boundaries`` (2, h, w) float32 tensors
-    in [0, 1], ``labels`` (2, h, w) int64 and ``index`` (int). The same crop and transform apply to every
-    array. Randomness comes from a generator seeded by (seed, epoch, index): call :meth:`set_epoch` each
-    epoch (with ``persistent_workers`` DataLoaders the workers keep their own copy, so recreate those).
-    The store is opened lazily in each process, so DataLoader workers do not share handles.
+    An epoch holds ``crops_per_field`` items per field (:func:`crops_per_field_of`): item ``k`` is draw
+    ``k % crops_per_field`` of field ``k // crops_per_field``, so a dataset of one large field still fills
+    batches. Each item is a dict of ``bf`` (3, h, w), ``if`` (5, h, w), ``boundaries`` (2, h, w) float32
+    tensors in [0, 1], ``labels`` (2, h, w) int64 and ``index`` (int, the field). The same crop
+    and transform apply to every array. Randomness comes from a generator seeded by (seed, epoch, item): call
+    :meth:`set_epoch` each epoch (with ``persistent_workers`` DataLoaders the workers keep their own copy, so
+    recreate those). The store is opened lazily in each process, so DataLoader workers do not share handles.
+
+    Raises:
+        ConfigError: the crop is larger than the fields (naming the dataset, its first field and both sizes).
     """
 
-    def __init__(self, path: str | Path, crop_size: int | None = 256, flips: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        crop_size: int | None = 256,
+        flips: bool = True,
+        seed: int = 0,
+        crops_per_field: int | None = None,
+    ):
         self.path = Path(path)
         self.crop_size = crop_size
         self.flips = flips
         self.seed = int(seed)
         self.epoch = 0
         store = open_dataset(self.path)
-        self._n = len(store)
+        self.n_fields = len(store)
         self.height, self.width = store.shape
         if crop_size is not None and (crop_size < 1 or crop_size > min(self.height, self.width)):
-            raise ValueError(
-                f"dataset {self.path}: crop_size {crop_size} does not fit its fields of {self.height}x{self.width}"
+            names = store.fields["field"] if "field" in store.fields.columns else store.fields.index
+            first = next(iter(names), "?")
+            raise ConfigError(
+                f"dataset {self.path}: crop_size {crop_size} does not fit its fields of {self.height}x{self.width} "
+                f"(e.g. field {first}); lower the method's crop_size or rebuild the dataset larger"
             )
+        if crop_size is None and crops_per_field not in (None, 1):
+            raise ConfigError(f"dataset {self.path}: whole fields (no crop) allow one item per field")
+        self.crops_per_field = crops_per_field_of(self.height, self.width, crop_size, crops_per_field)
         self._store: DatasetStore | None = None
         self._pid: int | None = None
 
@@ -390,7 +424,7 @@ class CellPaintingDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self._n
+        return self.n_fields * self.crops_per_field
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -404,20 +438,44 @@ class CellPaintingDataset(torch.utils.data.Dataset):
             self._pid = os.getpid()
         return self._store
 
-    def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError(f"dataset {self.path}: index {i} out of range for {self._n} fields")
+    def _generator(self, k: int) -> torch.Generator:
+        """The generator of item ``k`` in the current epoch (its crop, then its flips)."""
+        return torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, k) & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def _origin(self, gen: torch.Generator) -> tuple[int, int]:
+        c = self.crop_size
+        y0 = int(torch.randint(0, self.height - c + 1, (1,), generator=gen))
+        x0 = int(torch.randint(0, self.width - c + 1, (1,), generator=gen))
+        return y0, x0
+
+    def crop_of(self, k: int) -> tuple[int, int, int]:
+        """``(field, y0, x0)`` of item ``k`` in the current epoch (the top-left corner of its crop; 0, 0 for whole
+        fields)."""
+        k = self._check_index(k)
+        field = k // self.crops_per_field
+        if self.crop_size is None:
+            return field, 0, 0
+        return (field, *self._origin(self._generator(k)))
+
+    def _check_index(self, k: int) -> int:
+        k = int(k)
+        n = len(self)
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError(f"dataset {self.path}: index {k} out of range for {n} items")
+        return k
+
+    def __getitem__(self, k: int) -> dict:
+        k = self._check_index(k)
+        i = k // self.crops_per_field
         store = self._open()
-        gen = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, i) & 0x7FFF_FFFF_FFFF_FFFF)
+        gen = self._generator(k)
         if self.crop_size is None:
             ys, xs = slice(None), slice(None)
         else:
             c = self.crop_size
-            y0 = int(torch.randint(0, self.height - c + 1, (1,), generator=gen))
-            x0 = int(torch.randint(0, self.width - c + 1, (1,), generator=gen))
+            y0, x0 = self._origin(gen)
             ys, xs = slice(y0, y0 + c), slice(x0, x0 + c)
         item = {
             "bf": torch.from_numpy(np.asarray(store["bf"][i, :, ys, xs], dtype=np.float32)),

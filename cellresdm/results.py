@@ -568,6 +568,10 @@ class ResultsLayout:
         return self.path("benchmark", stage=stage, name=name)
 
 
+#: File name of the validated config that the torchrun workers of a multi-GPU training read, in the model folder.
+LAUNCH_CONFIG_NAME = "launch_config.json"
+
+
 def field_labels_name(field: str) -> str:
     """File name of one field's label image (2 x H x W uint16: nuclei, cells) in a ground-truth or truth folder."""
     return f"{field}_labels.tiff"

@@ -6,6 +6,7 @@ functions, so a step runs the same with or without Snakemake.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -19,6 +20,9 @@ from cellresdm.errors import CellResDMError
 from cellresdm.layout import GalleryLayout
 
 log = logging.getLogger("cellresdm")
+
+#: The name under which :func:`launch_training` trains the VQ-GAN of latent CellResDM (its model folder).
+VQGAN = "vqgan"
 
 
 def use_threads(threads: int) -> None:
@@ -189,12 +193,19 @@ def train_method(name: str, config: dict[str, Any], dataset_path: str, out_dir: 
     torch.manual_seed(train["seed"])
     method = build_method(name, config)
     settings = TrainSettings.from_config(train)
-    dataset = CellPaintingDataset(dataset_path, crop_size=config[name]["crop_size"], flips=True, seed=train["seed"])
+    dataset = CellPaintingDataset(
+        dataset_path,
+        crop_size=config[name]["crop_size"],
+        flips=True,
+        seed=train["seed"],
+        crops_per_field=settings.crops_per_field,
+    )
     log.info(
-        "training %s on %s (%d fields), %d parameters",
+        "training %s on %s (%d fields x %d crops), %d parameters",
         name,
         dataset_path,
-        len(dataset),
+        dataset.n_fields,
+        dataset.crops_per_field,
         sum(p.numel() for p in method.network.parameters()),
     )
     trainer = Trainer(
@@ -209,18 +220,42 @@ def train_method(name: str, config: dict[str, Any], dataset_path: str, out_dir: 
     return trainer.train()
 
 
-def launch_training(name: str, config: dict[str, Any], dataset_path: str, out_dir: str, gpus: int) -> Path:
-    """Train on one process, or on ``gpus`` GPUs with one torchrun process each (DDP; global batch = gpus x batch).
+def write_launch_config(config: dict[str, Any], out_dir: str) -> Path:
+    """Validate the whole ``config`` and write it to ``out_dir/launch_config.json``, the file every torchrun worker
+    of a multi-GPU training reads (``cellresdm --config``); returns its path."""
+    from cellresdm.config import validate_config
+    from cellresdm.results import LAUNCH_CONFIG_NAME
 
-    The workers run ``cellresdm train`` with the validated config written beside the model as JSON.
+    validated = validate_config(copy.deepcopy(config))
+    path = Path(out_dir) / LAUNCH_CONFIG_NAME
+    io.write_text(path, json.dumps(validated, indent=2, default=str) + "\n")
+    return path
+
+
+def launch_training(name: str, config: dict[str, Any], dataset_path: str, out_dir: str, gpus: int) -> Path:
+    """Train method ``name`` (or ``"vqgan"``, the VQ-GAN of latent CellResDM) on one process, or on ``gpus`` GPUs
+    with one torchrun process each (DDP; global batch = gpus x batch); returns ``out_dir/model.pt``.
+
+    ``config`` is the whole config (the workers validate it again and check that ``name`` is enabled), written
+    beside the model by :func:`write_launch_config`; the workers run ``cellresdm train NAME`` or
+    ``cellresdm train-vqgan``.
+
+    Raises:
+        CellResDMError: ``name`` is not an enabled method, or a worker failed.
     """
+    if name != VQGAN and name not in config["methods"]:
+        raise CellResDMError(f"method {name!r} is not enabled in the config's methods {config['methods']}")
     if gpus <= 1:
+        if name == VQGAN:
+            from cellresdm.methods.vqgan import train_vqgan
+
+            return train_vqgan(config, dataset_path, out_dir)
         return train_method(name, config, dataset_path, out_dir)
     import subprocess
     import sys
 
-    config_file = Path(out_dir) / "launch_config.json"
-    io.write_text(config_file, json.dumps(config, indent=2, default=str))
+    config_file = write_launch_config(config, out_dir)
+    step = ["train-vqgan"] if name == VQGAN else ["train", name]
     cmd = [
         sys.executable,
         "-m",
@@ -231,8 +266,7 @@ def launch_training(name: str, config: dict[str, Any], dataset_path: str, out_di
         "cellresdm.cli",
         "--config",
         str(config_file),
-        "train",
-        name,
+        *step,
         "--dataset",
         dataset_path,
         "--out-dir",
@@ -242,7 +276,9 @@ def launch_training(name: str, config: dict[str, Any], dataset_path: str, out_di
     result = subprocess.run(cmd, check=False)
     if result.returncode != 0:
         raise CellResDMError(f"distributed training of {name} failed (exit {result.returncode}); see the log above")
-    return Path(out_dir) / "model.pt"
+    from cellresdm.train import MODEL_NAME
+
+    return Path(out_dir) / MODEL_NAME
 
 
 def sample_method(

@@ -108,6 +108,8 @@ class TrainSettings:
         checkpoint_every: steps between checkpoints (one is also written at the end).
         log_every: steps between log lines.
         seed: seed of the data order and of every step's randomness.
+        crops_per_field: random crops per field and epoch of a :class:`cellresdm.dataset.CellPaintingDataset`
+            (read where the dataset is built; None derives it from field and crop size).
         num_workers: DataLoader worker processes.
         amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` (always) or ``"off"``.
     """
@@ -124,6 +126,7 @@ class TrainSettings:
     checkpoint_every: int
     log_every: int
     seed: int
+    crops_per_field: int | None
     num_workers: int
     amp: str
 
@@ -291,6 +294,8 @@ class RunContext:
         log: this rank's logger (ranks other than 0 keep only their warnings).
         dataset_size: items in the dataset.
         batches_per_epoch: full global batches per epoch (the rest of the dataset is dropped).
+        crops_per_field: items per field of a dataset that draws several crops of each field
+            (``dataset.crops_per_field``; None for other datasets).
     """
 
     device: torch.device
@@ -300,6 +305,7 @@ class RunContext:
     log: logging.Logger
     dataset_size: int
     batches_per_epoch: int
+    crops_per_field: int | None = None
 
     @property
     def main(self) -> bool:
@@ -420,13 +426,15 @@ class Trainer:
             log = logging.getLogger(f"{__name__}.rank{rank}")
             log.setLevel(logging.WARNING)
         dataset_size = len(self.dataset)  # type: ignore[arg-type]
+        crops = getattr(self.dataset, "crops_per_field", None)
         global_batch = self.settings.batch_size * world_size
         if dataset_size < global_batch:
+            hint = f"; {crops} crops per field: raise train.crops_per_field" if crops is not None else ""
             raise CellResDMError(
                 f"the dataset has {dataset_size} items, fewer than one batch of {global_batch} "
-                f"(batch_size {self.settings.batch_size} x {world_size} processes)"
+                f"(batch_size {self.settings.batch_size} x {world_size} processes{hint})"
             )
-        return RunContext(device, world_size, rank, distributed, log, dataset_size, dataset_size // global_batch)
+        return RunContext(device, world_size, rank, distributed, log, dataset_size, dataset_size // global_batch, crops)
 
     def _check_compatible(self, path: Path, saved: dict[str, Any], run: RunContext) -> None:
         """Raise if the run saved at ``path`` cannot be continued with the current settings, data and model."""
@@ -436,7 +444,9 @@ class Trainer:
         for key in _RESUME_KEYS:
             if old.get(key) != new[key]:
                 problems.append(f"{key} {old.get(key)!r} (now {new[key]!r})")
-        for key, now in (("world_size", run.world_size), ("dataset_size", run.dataset_size)):
+        # the same item count can come from other fields x crops, which changes every epoch's items
+        run_keys = (("world_size", run.world_size), ("dataset_size", run.dataset_size))
+        for key, now in (*run_keys, ("crops_per_field", run.crops_per_field)):
             if key in saved and saved[key] != now:
                 problems.append(f"{key} {saved[key]!r} (now {now!r})")
         mismatches = _shape_mismatches(saved["model"], self.model.state_dict())
@@ -551,6 +561,7 @@ class Trainer:
                 "batch_in_epoch": batch_in_epoch,
                 "world_size": run.world_size,
                 "dataset_size": run.dataset_size,
+                "crops_per_field": run.crops_per_field,
                 "model": state.model.state_dict(),
                 "ema": state.ema.state_dict(),
                 "optimizer": state.optimizer.state_dict(),
@@ -560,7 +571,7 @@ class Trainer:
             self._write_log(state.rows)
             self._save(checkpoint, self.checkpoint_path)
             if final:
-                keys = ("config", "settings", "step", "world_size", "dataset_size", "model", "ema")
+                keys = ("config", "settings", "step", "world_size", "dataset_size", "crops_per_field", "model", "ema")
                 self._save({k: checkpoint[k] for k in keys}, self.model_path)
         if run.distributed:
             dist.barrier()

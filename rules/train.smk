@@ -1,4 +1,5 @@
-# Stage 5: train every enabled method on the train split (resumes from the checkpoint in its model folder).
+# Stage 5: train every enabled method on the train split (resumes from the checkpoint in its model folder); a job
+# given several GPUs (resource `gpu`) trains data-parallel through torchrun.
 
 
 rule train:

@@ -12,7 +12,7 @@ import torch
 
 from cellresdm import layout
 from cellresdm.config import section
-from cellresdm.dataset import CellPaintingDataset, NormSettings, PlateInput, build_dataset
+from cellresdm.dataset import CellPaintingDataset, NormSettings, PlateInput, build_dataset, crops_per_field_of
 from cellresdm.errors import CellResDMError, ConfigError, ImageError
 from cellresdm.masks import boundaries_from_labels
 from cellresdm.stores import open_dataset
@@ -290,7 +290,7 @@ def test_dataset_items_and_alignment(built):
 
 def test_dataset_reproducible(built):
     def grab(seed, epoch):
-        ds = CellPaintingDataset(built, crop_size=32, seed=seed)
+        ds = CellPaintingDataset(built, crop_size=32, seed=seed, crops_per_field=1)
         ds.set_epoch(epoch)
         return [ds[i]["if"] for i in range(len(ds))]
 
@@ -317,12 +317,62 @@ def test_dataset_missing(tmp_path):
 
 
 def test_dataset_crop_too_large(built):
-    with pytest.raises(ValueError, match=r"aug\.zarr.*128.*64x64"):
+    with pytest.raises(
+        ConfigError, match=r"aug\.zarr: crop_size 128 does not fit its fields of 64x64 \(e\.g\. field r"
+    ):
         CellPaintingDataset(built, crop_size=128)
+    with pytest.raises(ConfigError, match="one item per field"):
+        CellPaintingDataset(built, crop_size=None, crops_per_field=2)
+
+
+def test_crops_per_field_rule():
+    assert crops_per_field_of(540, 540, 64) == 64  # 8 x 8 non-overlapping crops
+    assert crops_per_field_of(64, 100, 64) == 1
+    assert crops_per_field_of(540, 540, None) == 1
+    assert crops_per_field_of(540, 540, 64, requested=3) == 3
+    with pytest.raises(ConfigError, match="crops_per_field"):
+        crops_per_field_of(540, 540, 64, requested=0)
+
+
+def test_epoch_draws_distinct_crops_of_every_field(built):
+    ds = CellPaintingDataset(built, crop_size=16, seed=5)
+    assert ds.crops_per_field == 16 and len(ds) == 6 * 16  # (64 // 16) ** 2 crops of each of 6 fields
+    root = open_dataset(built)
+    crops = [ds.crop_of(k) for k in range(len(ds))]
+    for field in range(6):
+        origins = {(y, x) for f, y, x in crops if f == field}
+        assert len(origins) == 16  # every draw of a field its own crop
+    item = ds[16 * 3 + 5]
+    f, y, x = ds.crop_of(16 * 3 + 5)
+    assert f == 3 and item["index"] == 3
+    raw = torch.from_numpy(root["labels"][3, :, y : y + 16, x : x + 16].astype(np.int64))
+    # the item is that crop, flipped or turned
+    assert any(torch.equal(item["labels"], t) for t in _transforms(raw))
+    ds.set_epoch(1)
+    assert [ds.crop_of(k) for k in range(len(ds))] != crops  # new crops each epoch
+
+
+def test_crops_repeat_with_the_seed(built):
+    def grab(seed: int, epoch: int) -> list[torch.Tensor]:
+        ds = CellPaintingDataset(built, crop_size=32, seed=seed, crops_per_field=3)
+        ds.set_epoch(epoch)
+        return [ds[k]["if"] for k in range(len(ds))]
+
+    a = grab(2, 1)
+    assert len(a) == 18 and all(torch.equal(x, y) for x, y in zip(a, grab(2, 1), strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, grab(3, 1), strict=True))
+
+
+def _transforms(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every flip and quarter turn of ``t`` (..., h, w)."""
+    out = []
+    for base in (t, torch.flip(t, dims=(-1,))):
+        out += [torch.rot90(base, k, dims=(-2, -1)) for k in range(4)]
+    return out
 
 
 def test_dataloader_workers(built):
-    ds = CellPaintingDataset(built, crop_size=32, seed=3)
+    ds = CellPaintingDataset(built, crop_size=32, seed=3, crops_per_field=1)
     ds.set_epoch(2)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
     batches = list(loader)
@@ -341,3 +391,28 @@ def test_build_speed(tmp_path):
         f"= {summary['fields_per_s']:.1f} fields/s"
     )
     assert summary["n_fields"] == 24
+
+
+def test_one_field_fills_batches_of_eight(tmp_path):
+    """A single field trains with batch 8: each epoch draws (64 // 16) ** 2 = 16 crops of it."""
+    from cellresdm.methods import build_method
+    from cellresdm.steps import train_method
+    from cellresdm.train import MODEL_NAME, load_model_weights
+
+    out = tmp_path / "one.zarr"
+    build_dataset([make_plate(tmp_path, "P1", 1, seed=4)], out, _norm(), progress=False)
+    config = {
+        "unet": section("unet", {"base_channels": 4, "depth": 4, "crop_size": 16}),
+        "train": section("train", {"steps": 3, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 3}),
+    }
+    path = train_method("unet", config, str(out), str(tmp_path / "unet"))
+    assert path.name == MODEL_NAME
+    assert load_model_weights(path, build_method("unet", config).network)["method"] == "unet"
+    saved = torch.load(path, weights_only=True)
+    assert saved["step"] == 3 and saved["dataset_size"] == 16 and saved["crops_per_field"] == 16
+    config["train"]["crops_per_field"] = 8  # other items each epoch: the run cannot be continued
+    with pytest.raises(CellResDMError, match=r"incompatible run: .*crops_per_field 16 \(now 8\)"):
+        train_method("unet", config, str(out), str(tmp_path / "unet"))
+    config["train"]["crops_per_field"] = 4  # 4 items: fewer than one batch
+    with pytest.raises(CellResDMError, match="4 items, fewer than one batch of 8.*4 crops per field"):
+        train_method("unet", config, str(out), str(tmp_path / "unet4"))

@@ -102,3 +102,5 @@ def test_file_names_written_inside_a_step_folder_agree_with_the_layout():
     assert layout.demo_wells("P1") == f"{layout.demo_truth('P1')}/{synth.WELLS_NAME}"
     assert layout.load_data("P1").rsplit("/", 1)[0] == layout.raw_images("P1").rsplit("/", 1)[0]
     assert results.field_labels_name("r02c02f01") == "r02c02f01_labels.tiff"
+    launch = next(o for o in results.OUTPUTS if o.name == "model_dir")
+    assert results.LAUNCH_CONFIG_NAME in launch.content  # the launcher's file, named where the folder is

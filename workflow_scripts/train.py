@@ -4,9 +4,10 @@ from cellresdm.logs import step_logging
 from cellresdm.steps import launch_training
 
 with step_logging(snakemake.log[0]):
+    # the whole config for the torchrun workers, with the sections the rule passes (they decide reruns) on top
     launch_training(
         snakemake.wildcards.method,
-        snakemake.params.config,
+        {**snakemake.config, **snakemake.params.config},
         snakemake.input.dataset,
         snakemake.params.out_dir,
         gpus=int(snakemake.resources.get("gpu", 0) or 0),

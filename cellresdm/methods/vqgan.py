@@ -233,8 +233,8 @@ def train_settings(config: dict[str, Any]) -> dict[str, Any]:
 def train_vqgan(config: dict[str, Any], dataset_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Train the VQ-GAN on a dataset split with the shared trainer; returns ``out_dir/model.pt``.
 
-    Settings: :func:`train_settings`; initial weights and crops of ``vqgan.crop_size`` (with flips) seeded by
-    ``train.seed``, so a run repeats exactly.
+    Settings: :func:`train_settings`; initial weights and ``train.crops_per_field`` crops of ``vqgan.crop_size``
+    per field (with flips) seeded by ``train.seed``, so a run repeats exactly.
     """
     from cellresdm.dataset import CellPaintingDataset
     from cellresdm.train import Trainer, TrainSettings
@@ -243,11 +243,18 @@ def train_vqgan(config: dict[str, Any], dataset_path: str | os.PathLike, out_dir
     torch.manual_seed(train["seed"])  # the initial weights depend on the seed alone
     stage = VQGANStage.from_config(config)
     settings = TrainSettings.from_config(train)
-    dataset = CellPaintingDataset(dataset_path, crop_size=stage.crop_size, flips=True, seed=train["seed"])
-    log.info(
-        "training the VQ-GAN on %s (%d fields), %d autoencoder + %d discriminator parameters",
+    dataset = CellPaintingDataset(
         dataset_path,
-        len(dataset),
+        crop_size=stage.crop_size,
+        flips=True,
+        seed=train["seed"],
+        crops_per_field=settings.crops_per_field,
+    )
+    log.info(
+        "training the VQ-GAN on %s (%d fields x %d crops), %d autoencoder + %d discriminator parameters",
+        dataset_path,
+        dataset.n_fields,
+        dataset.crops_per_field,
         sum(p.numel() for p in stage.network.vqgan.parameters()),
         sum(p.numel() for p in stage.network.discriminator.parameters()),
     )
