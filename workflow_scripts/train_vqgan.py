@@ -2,9 +2,10 @@
 given; resumes from its checkpoint)."""
 
 from cellresdm.logs import step_logging
-from cellresdm.steps import VQGAN, launch_training
+from cellresdm.steps import VQGAN, launch_training, use_threads
 
 with step_logging(snakemake.log[0]):
+    use_threads(snakemake.threads)  # torchrun workers (several GPUs) get torchrun's own thread setting
     # the whole config for the torchrun workers, with the sections the rule passes (they decide reruns) on top
     launch_training(
         VQGAN,
