@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_dataset import _norm, make_plate
+from tiny_methods import METHODS, tiny_method_sections
 
 from cellresdm.config import load_config
 from cellresdm.dataset import build_dataset
@@ -23,41 +24,12 @@ from cellresdm.steps import VQGAN, launch_training
 from cellresdm.train import MODEL_NAME, load_model_weights
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["cellresdm", "cellresdm_latent", "unet", "pix2pix", "spade", "palette", "spade_diffusion"]
-
-#: Every method at the smallest size that runs (tests/test_workflow.py's TINY_CONFIG), 2 steps of 1 crop per rank.
-CONFIG = {
-    "methods": METHODS,
-    "train": {"steps": 2, "batch_size": 1, "warmup_steps": 1, "checkpoint_every": 2},
-    "cellresdm": {"steps": 4, "min_noise_level": 0.2, "model_channels": 16, "channel_mult": [1, 2], "crop_size": 64},
-    "cellresdm_latent": {
-        "steps": 4,
-        "min_noise_level": 0.2,
-        "model_channels": 16,
-        "channel_mult": [1, 2],
-        "crop_size": 64,
-    },
-    "vqgan": {
-        "channels": 8,
-        "channel_mult": [1, 2, 2],
-        "num_res_blocks": 1,
-        "codebook_size": 64,
-        "disc_channels": 8,
-        "crop_size": 64,
-        "disc_start": 1,
-    },
-    "unet": {"base_channels": 8, "depth": 6, "crop_size": 64},
-    "pix2pix": {"base_channels": 8, "depth": 6, "disc_channels": 8, "crop_size": 64},
-    "spade": {"base_channels": 8, "n_up": 4, "hidden": 8, "disc_channels": 8, "disc_layers": 3, "crop_size": 64},
-    "palette": {"model_channels": 16, "channel_mult": [1, 2], "sample_steps": 3, "crop_size": 64},
-    "spade_diffusion": {
-        "model_channels": 16,
-        "channel_mult": [1, 2],
-        "sample_steps": 3,
-        "spade_hidden": 8,
-        "crop_size": 64,
-    },
-}
+#: Every method at the smallest size that runs (as in the tiny end-to-end run), 2 steps of 1 crop per rank; the
+#: latent method crops like the others and the VQ-GAN's discriminator starts at once, so both steps exercise it.
+CONFIG = {"methods": METHODS, "train": {"steps": 2, "batch_size": 1, "warmup_steps": 1, "checkpoint_every": 2}}
+CONFIG.update(tiny_method_sections())
+CONFIG["cellresdm_latent"]["crop_size"] = 64
+CONFIG["vqgan"]["disc_start"] = 1
 
 #: A torchrun worker that trains each named model through ``cellresdm.cli`` (as the launcher's workers do) in
 #: one process group, and saves the trained parameters this rank holds for the test to compare.

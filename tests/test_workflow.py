@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
+from tiny_methods import METHODS, tiny_method_sections
 
 from cellresdm.config import load_config, validate_config
 from cellresdm.results import DEFAULT_ROOT, ResultsLayout
@@ -43,37 +44,15 @@ TINY_CONFIG = {
         "black_if_wells": ["B03"],
         "missing_fields": [{"well": "C02", "site": 2}],
     },
-    # a network and schedule just big enough to run every code path; make demo trains for real
-    "cellresdm": {"steps": 4, "min_noise_level": 0.2, "model_channels": 16, "channel_mult": [1, 2], "crop_size": 64},
     "train": {"steps": 6, "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 4},
     "sample": {"tile": 128, "overlap": 32, "batch_size": 4},
     "stardist": {"epochs": 2, "steps_per_epoch": 3, "patch_size": 64, "batch_size": 2, "unet_n_filter_base": 8},
-    # every baseline at the smallest size that runs its code paths
-    "methods": ["cellresdm", "cellresdm_latent", "unet", "pix2pix", "spade", "palette", "spade_diffusion"],
-    "cellresdm_latent": {"steps": 4, "min_noise_level": 0.2, "model_channels": 16, "channel_mult": [1, 2]},
-    "vqgan": {
-        "channels": 8,
-        "channel_mult": [1, 2, 2],
-        "num_res_blocks": 1,
-        "codebook_size": 64,
-        "disc_channels": 8,
-        "crop_size": 64,
-        "disc_start": 3,
-    },
-    "unet": {"base_channels": 8, "depth": 6, "crop_size": 64},
-    "pix2pix": {"base_channels": 8, "depth": 6, "disc_channels": 8, "crop_size": 64},
-    "spade": {"base_channels": 8, "n_up": 4, "hidden": 8, "disc_channels": 8, "disc_layers": 3, "crop_size": 64},
-    "palette": {"model_channels": 16, "channel_mult": [1, 2], "sample_steps": 3, "crop_size": 64},
-    "spade_diffusion": {
-        "model_channels": 16,
-        "channel_mult": [1, 2],
-        "sample_steps": 3,
-        "spade_hidden": 8,
-        "crop_size": 64,
-    },
+    "methods": METHODS,
+    # every network and schedule just big enough to run its code paths; make demo trains for real
+    **tiny_method_sections(),
 }
 TINY_CONFIG["features"] = {"texture_scales": [3], "texture_gray_levels": 16, "zernike": False}
-ALL_METHODS = TINY_CONFIG["methods"]
+ALL_METHODS = METHODS
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
