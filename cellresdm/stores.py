@@ -211,6 +211,22 @@ class InstanceStore(Store):
             raise _error(self.path, f"unreadable label data ({type(exc).__name__}: {exc})") from exc
 
 
+def _open_images(
+    path: Path,
+    root: zarr.Group,
+    store_class: type[Store],
+    channels: Mapping[str, int],
+    arrays: Sequence[str],
+    columns: Sequence[str],
+) -> Any:
+    """A ``store_class`` of the group ``root`` at ``path`` with its 4-D ``arrays`` checked against ``channels``,
+    its attrs and its field table (with ``columns``) of one row per field."""
+    opened = _images(root, path, store_class.kind, channels, arrays)
+    store = store_class(path, opened, dict(root.attrs), _table(path, store_class.kind, _FIELDS, columns))
+    _check_rows(store)
+    return store
+
+
 def open_dataset(
     path: str | os.PathLike, arrays: Sequence[str] = tuple(DATASET_ARRAYS), columns: Sequence[str] = ()
 ) -> DatasetStore:
@@ -226,13 +242,9 @@ def open_dataset(
         CellResDMError: naming the store and the missing or invalid array, table or column.
     """
     path = Path(path)
-    kind = DatasetStore.kind
-    root = _open_group(path, kind)
-    opened = _images(root, path, kind, DATASET_ARRAYS, arrays)
-    if "labels" in opened and not np.issubdtype(opened["labels"].dtype, np.integer):
-        raise _error(path, f"{kind} array 'labels' must hold integers, got {opened['labels'].dtype}")
-    store = DatasetStore(path, opened, dict(root.attrs), _table(path, kind, _FIELDS, columns))
-    _check_rows(store)
+    store = _open_images(path, _open_group(path, DatasetStore.kind), DatasetStore, DATASET_ARRAYS, arrays, columns)
+    if "labels" in store.arrays and not np.issubdtype(store["labels"].dtype, np.integer):
+        raise _error(path, f"{store.kind} array 'labels' must hold integers, got {store['labels'].dtype}")
     return store
 
 
@@ -250,12 +262,8 @@ def open_predictions(
         CellResDMError: naming the store and the missing or invalid array, table or column.
     """
     path = Path(path)
-    kind = PredictionStore.kind
-    root = _open_group(path, kind)
-    opened = _images(root, path, kind, PREDICTION_ARRAYS, arrays)
-    store = PredictionStore(path, opened, dict(root.attrs), _table(path, kind, _FIELDS, columns))
-    _check_rows(store)
-    return store
+    root = _open_group(path, PredictionStore.kind)
+    return _open_images(path, root, PredictionStore, PREDICTION_ARRAYS, arrays, columns)
 
 
 def open_if_images(path: str | os.PathLike, columns: Sequence[str] = ()) -> DatasetStore | PredictionStore:
@@ -267,13 +275,9 @@ def open_if_images(path: str | os.PathLike, columns: Sequence[str] = ()) -> Data
         CellResDMError: naming the store and the missing or invalid array, table or column.
     """
     path = Path(path)
-    kind = "image store"
-    root = _open_group(path, kind)
+    root = _open_group(path, "image store")
     store_class = PredictionStore if "method" in root.attrs else DatasetStore
-    opened = _images(root, path, store_class.kind, {"if": len(layout.IF_CHANNELS)}, ("if",))
-    store = store_class(path, opened, dict(root.attrs), _table(path, store_class.kind, _FIELDS, columns))
-    _check_rows(store)
-    return store
+    return _open_images(path, root, store_class, {"if": len(layout.IF_CHANNELS)}, ("if",), columns)
 
 
 def open_instances(path: str | os.PathLike, columns: Sequence[str] = ()) -> InstanceStore:
