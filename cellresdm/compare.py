@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellresdm.stores import store_exists
+
 #: Column and key names of timings and speeds, which differ between two runs of the same config.
 TIMING = re.compile(r"second|_per_s\b|per_s$|elapsed|duration|timestamp|wall", re.IGNORECASE)
 #: Top-level folders of a results folder that hold only logs and timings.
@@ -40,7 +42,7 @@ class Difference:
 
 
 def _is_store(path: Path) -> bool:
-    return path.is_dir() and (path / "zarr.json").is_file()
+    return path.is_dir() and store_exists(path)
 
 
 def _items(root: Path) -> dict[str, Path]:

@@ -261,7 +261,7 @@ def methods_status(
         config_methods: config ``methods`` (enabled).
         all_methods: every method the package implements (``cellresdm.methods.method_names()``).
         models: method -> ``models/{method}/model.pt`` (trained when the file exists).
-        predictions: method -> ``predictions/{method}/test.zarr`` (sampled when its zarr.json exists).
+        predictions: method -> ``predictions/{method}/test.zarr`` (sampled when the store exists).
 
     Returns:
         Columns :data:`METHODS_COLUMNS`, one row per method (implemented ones first, then enabled ones the
