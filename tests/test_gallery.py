@@ -36,6 +36,11 @@ ROOT = f"s3://{BUCKET}"
 FAST = {"backoff": 0.001, "progress": False}
 
 
+def _download(plate: str, out: Path, root: str, **kwargs) -> pd.DataFrame:
+    """Download ``plate`` as the pipeline lays it out: images in ``out/images``, the table in ``out``."""
+    return download_plate(plate, out / "images", out / "load_data.parquet", root, **kwargs)
+
+
 def _check_identical(table: pd.DataFrame, objects: dict[str, bytes]) -> int:
     """Every present path of the table holds exactly the bytes of its key; returns the number checked."""
     n = 0
@@ -62,10 +67,9 @@ def _mtimes(images: Path) -> dict[str, int]:
 
 def test_full_download_is_byte_identical(gallery_s3: GalleryS3, tmp_path: Path) -> None:
     plate = gallery_s3.plate
-    table = download_plate(
+    table = _download(
         PLATE,
-        tmp_path / "images",
-        tmp_path / "load_data.parquet",
+        tmp_path,
         ROOT,
         endpoint_url=gallery_s3.endpoint_url,
         workers=4,
@@ -85,10 +89,9 @@ def test_full_download_is_byte_identical(gallery_s3: GalleryS3, tmp_path: Path) 
 
 
 def test_subset_of_wells_and_sites(gallery_s3: GalleryS3, tmp_path: Path) -> None:
-    table = download_plate(
+    table = _download(
         PLATE,
-        tmp_path / "images",
-        tmp_path / "load_data.parquet",
+        tmp_path,
         ROOT,
         endpoint_url=gallery_s3.endpoint_url,
         wells=["C05", "B02"],
@@ -111,14 +114,10 @@ def test_subset_of_wells_and_sites(gallery_s3: GalleryS3, tmp_path: Path) -> Non
 
 
 def test_rerun_skips_everything(gallery_s3: GalleryS3, tmp_path: Path) -> None:
-    download_plate(
-        PLATE, tmp_path / "images", tmp_path / "load_data.parquet", ROOT, endpoint_url=gallery_s3.endpoint_url, **FAST
-    )
+    _download(PLATE, tmp_path, ROOT, endpoint_url=gallery_s3.endpoint_url, **FAST)
     before = _mtimes(tmp_path / "images")
     time.sleep(0.01)
-    table = download_plate(
-        PLATE, tmp_path / "images", tmp_path / "load_data.parquet", ROOT, endpoint_url=gallery_s3.endpoint_url, **FAST
-    )
+    table = _download(PLATE, tmp_path, ROOT, endpoint_url=gallery_s3.endpoint_url, **FAST)
     stats = table.attrs["download"]
     assert stats["fetched"] == 0 and stats["skipped"] == len(gallery_s3.plate.image_keys)
     assert _mtimes(tmp_path / "images") == before
@@ -127,9 +126,7 @@ def test_rerun_skips_everything(gallery_s3: GalleryS3, tmp_path: Path) -> None:
 
 def test_crash_leftovers_are_resumed(gallery_s3: GalleryS3, tmp_path: Path) -> None:
     """A run killed mid-way leaves missing files, files of the wrong size and ``.part`` temporaries."""
-    download_plate(
-        PLATE, tmp_path / "images", tmp_path / "load_data.parquet", ROOT, endpoint_url=gallery_s3.endpoint_url, **FAST
-    )
+    _download(PLATE, tmp_path, ROOT, endpoint_url=gallery_s3.endpoint_url, **FAST)
     images = tmp_path / "images"
     files = sorted(images.iterdir())
     for p in files[:3]:
@@ -141,9 +138,7 @@ def test_crash_leftovers_are_resumed(gallery_s3: GalleryS3, tmp_path: Path) -> N
         p.write_bytes(b"partial")
     untouched = {p.name: p.stat().st_mtime_ns for p in files[5:]}
 
-    table = download_plate(
-        PLATE, tmp_path / "images", tmp_path / "load_data.parquet", ROOT, endpoint_url=gallery_s3.endpoint_url, **FAST
-    )
+    table = _download(PLATE, tmp_path, ROOT, endpoint_url=gallery_s3.endpoint_url, **FAST)
     assert table.attrs["download"]["fetched"] == 5
     assert not any(p.exists() for p in stale)
     assert {p.name: p.stat().st_mtime_ns for p in files[5:]} == untouched
@@ -158,10 +153,9 @@ def test_interrupted_transfers_leave_no_complete_looking_file(
     plate = gallery_s3.plate
     fault_proxy.reset(FaultPlan(cut_every=5))
     with pytest.raises(GalleryError, match=plate.plate_dir):
-        download_plate(
+        _download(
             PLATE,
-            tmp_path / "images",
-            tmp_path / "load_data.parquet",
+            tmp_path,
             ROOT,
             endpoint_url=fault_proxy.endpoint_url,
             retries=0,
@@ -178,9 +172,7 @@ def test_interrupted_transfers_leave_no_complete_looking_file(
     assert not (tmp_path / "load_data.parquet").exists()
 
     fault_proxy.reset()
-    table = download_plate(
-        PLATE, tmp_path / "images", tmp_path / "load_data.parquet", ROOT, endpoint_url=fault_proxy.endpoint_url, **FAST
-    )
+    table = _download(PLATE, tmp_path, ROOT, endpoint_url=fault_proxy.endpoint_url, **FAST)
     stats = table.attrs["download"]
     assert stats["fetched"] == len(plate.image_keys) - len(present)
     assert stats["skipped"] == len(present)
@@ -190,10 +182,9 @@ def test_interrupted_transfers_leave_no_complete_looking_file(
 
 def test_cut_bodies_are_retried(gallery_s3: GalleryS3, fault_proxy: FaultProxy, tmp_path: Path) -> None:
     fault_proxy.reset(FaultPlan(cut_first=1))
-    table = download_plate(
+    table = _download(
         PLATE,
-        tmp_path / "images",
-        tmp_path / "load_data.parquet",
+        tmp_path,
         ROOT,
         endpoint_url=fault_proxy.endpoint_url,
         retries=2,
@@ -208,10 +199,9 @@ def test_cut_bodies_are_retried(gallery_s3: GalleryS3, fault_proxy: FaultProxy, 
 
 def test_transient_503_are_retried(gallery_s3: GalleryS3, fault_proxy: FaultProxy, tmp_path: Path) -> None:
     fault_proxy.reset(FaultPlan(fail_first=2, fail_every=7))
-    table = download_plate(
+    table = _download(
         PLATE,
-        tmp_path / "images",
-        tmp_path / "load_data.parquet",
+        tmp_path,
         ROOT,
         endpoint_url=fault_proxy.endpoint_url,
         retries=6,
@@ -227,10 +217,9 @@ def test_permanent_503_names_the_key(gallery_s3: GalleryS3, fault_proxy: FaultPr
     key = gallery_s3.plate.image_key("B03", 2, "ER")
     fault_proxy.reset(FaultPlan(fail_keys=(key,)))
     with pytest.raises(GalleryError, match=rf"{key}.*3 attempt.*SlowDown|{key}.*3 attempt.*reduce") as err:
-        download_plate(
+        _download(
             PLATE,
-            tmp_path / "images",
-            tmp_path / "load_data.parquet",
+            tmp_path,
             ROOT,
             endpoint_url=fault_proxy.endpoint_url,
             retries=2,
@@ -247,10 +236,9 @@ def test_access_denied_is_not_retried(gallery_s3: GalleryS3, fault_proxy: FaultP
     key = gallery_s3.plate.image_key("B02", 1, "DNA")
     fault_proxy.reset(FaultPlan(deny_keys=(key,)))
     with pytest.raises(GalleryError, match=rf"{key}: access denied"):
-        download_plate(
+        _download(
             PLATE,
-            tmp_path / "images",
-            tmp_path / "load_data.parquet",
+            tmp_path,
             ROOT,
             endpoint_url=fault_proxy.endpoint_url,
             retries=3,
@@ -261,10 +249,9 @@ def test_access_denied_is_not_retried(gallery_s3: GalleryS3, fault_proxy: FaultP
 
 def test_plate_absent(gallery_s3: GalleryS3, tmp_path: Path) -> None:
     with pytest.raises(GalleryError, match=r"plate NOPE0001 is not in the gallery.*NOPE0001/load_data\.csv"):
-        download_plate(
+        _download(
             "NOPE0001",
-            tmp_path / "images",
-            tmp_path / "load_data.parquet",
+            tmp_path,
             ROOT,
             endpoint_url=gallery_s3.endpoint_url,
             **FAST,
@@ -275,10 +262,9 @@ def test_plate_absent(gallery_s3: GalleryS3, tmp_path: Path) -> None:
 
 def test_keys_absent_from_the_bucket_get_no_path(gallery_s3: GalleryS3, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING)
-    table = download_plate(
+    table = _download(
         PLATE_GAPS,
-        tmp_path / "images",
-        tmp_path / "load_data.parquet",
+        tmp_path,
         ROOT,
         endpoint_url=gallery_s3.endpoint_url,
         **FAST,
@@ -297,23 +283,21 @@ def test_keys_absent_from_the_bucket_get_no_path(gallery_s3: GalleryS3, tmp_path
 def test_local_directory_root(gallery_s3: GalleryS3, tmp_path: Path) -> None:
     root = write_plate_to_dir(gallery_s3.plate, tmp_path / "mirror")
     out = tmp_path / "raw"
-    table = download_plate(PLATE, out / "images", out / "load_data.parquet", str(root), wells=["B03"], **FAST)
+    table = _download(PLATE, out, str(root), wells=["B03"], **FAST)
     assert _check_identical(table, gallery_s3.plate.objects) == 16
-    rerun = download_plate(PLATE, out / "images", out / "load_data.parquet", str(root), wells=["B03"], **FAST)
+    rerun = _download(PLATE, out, str(root), wells=["B03"], **FAST)
     assert rerun.attrs["download"]["fetched"] == 0
     # an empty URL cell: no key, no path, no crash
     csv = root / gallery_s3.plate.load_data_key
     df = pd.read_csv(csv)
     df.loc[(df["Metadata_Well"] == "B03") & (df["Metadata_Site"] == 1), "URL_OrigDNA"] = ""
     df.to_csv(csv, index=False)
-    blank = download_plate(
-        PLATE, out / "images", out / "load_data.parquet", str(root), wells=["B03"], **FAST
-    ).set_index("field")
+    blank = _download(PLATE, out, str(root), wells=["B03"], **FAST).set_index("field")
     assert pd.isna(blank.loc["r02c03f01", key_column("DNA")])
     assert blank.loc["r02c03f01", layout.path_column("DNA")] is None
     assert blank.loc["r02c03f02", layout.path_column("DNA")] is not None
     with pytest.raises(GalleryError, match="FAKE9999"):
-        download_plate("FAKE9999", out / "images", out / "load_data.parquet", str(root), **FAST)
+        _download("FAKE9999", out, str(root), **FAST)
 
 
 def test_throughput(moto_s3: MotoS3, tmp_path: Path) -> None:
@@ -321,10 +305,9 @@ def test_throughput(moto_s3: MotoS3, tmp_path: Path) -> None:
     plate = make_plate("THRU0001", ("D04", "D05", "D06", "D07", "D08"), (1,), size=1080, compression=None, seed=3)
     moto_s3.upload(plate)
     start = time.perf_counter()
-    table = download_plate(
+    table = _download(
         "THRU0001",
-        tmp_path / "images",
-        tmp_path / "load_data.parquet",
+        tmp_path,
         ROOT,
         endpoint_url=moto_s3.endpoint_url,
         workers=8,
