@@ -112,18 +112,34 @@ def _compare_tables(old: pd.DataFrame, new: pd.DataFrame, roots: tuple[Path, Pat
     return None
 
 
-def _compare_arrays(old: np.ndarray, new: np.ndarray) -> str | None:
+def _differences(old: np.ndarray, new: np.ndarray) -> tuple[int, float]:
+    """(values that differ, largest absolute difference; 0 for integers) of two arrays of one shape and dtype;
+    NaN equals NaN."""
+    differ = old != new
+    if old.dtype.kind not in "fc":
+        return int(differ.sum()), 0.0
+    differ &= ~(np.isnan(old) & np.isnan(new))
+    if not differ.any():
+        return 0, 0.0
+    return int(differ.sum()), float(np.abs(old[differ].astype(np.float64) - new[differ].astype(np.float64)).max())
+
+
+def _compare_arrays(old: Any, new: Any) -> str | None:
+    """Two arrays (numpy or zarr) compared one field (first-axis slice) at a time, so a plate-sized store never
+    has to fit in memory."""
     if old.shape != new.shape or old.dtype != new.dtype:
         return f"{old.dtype}{old.shape} vs {new.dtype}{new.shape}"
-    same = np.array_equal(old, new, equal_nan=old.dtype.kind in "fc")
-    if same:
+    blocks = range(old.shape[0]) if len(old.shape) > 1 else [Ellipsis]
+    count, delta = 0, 0.0
+    for block in blocks:
+        n, d = _differences(np.asarray(old[block]), np.asarray(new[block]))
+        count, delta = count + n, max(delta, d)
+    if not count:
         return None
-    differ = old != new
+    size = int(np.prod(old.shape))
     if old.dtype.kind in "fc":
-        differ &= ~(np.isnan(old) & np.isnan(new))
-        delta = float(np.nanmax(np.abs(old.astype(np.float64) - new.astype(np.float64))))
-        return f"{int(differ.sum())} of {old.size} values differ (max |difference| {delta:.3g})"
-    return f"{int(differ.sum())} of {old.size} values differ"
+        return f"{count} of {size} values differ (max |difference| {delta:.3g})"
+    return f"{count} of {size} values differ"
 
 
 def _compare_stores(old: Path, new: Path, roots: tuple[Path, Path]) -> Iterator[str]:
@@ -134,7 +150,7 @@ def _compare_stores(old: Path, new: Path, roots: tuple[Path, Path]) -> Iterator[
     if set(a_arrays) != set(b_arrays):
         yield f"arrays {sorted(a_arrays)} vs {sorted(b_arrays)}"
     for name in sorted(set(a_arrays) & set(b_arrays)):
-        problem = _compare_arrays(np.asarray(a_arrays[name][...]), np.asarray(b_arrays[name][...]))
+        problem = _compare_arrays(a_arrays[name], b_arrays[name])
         if problem:
             yield f"array {name!r}: {problem}"
     if _relative(_without_timing(dict(a.attrs)), roots[0]) != _relative(_without_timing(dict(b.attrs)), roots[1]):
