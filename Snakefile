@@ -18,6 +18,7 @@ wildcard_constraints:
     method="|".join(config["methods"]) or "none",
     baseline="stardist_bf|stardist_if",
     source="|".join(["real", *config["methods"]]),
+    shard="[A-P][0-9]{2}-[A-P][0-9]{2}",
 
 
 include: "rules/download.smk"

@@ -15,6 +15,7 @@ from cellresdm.compare import compare_results
 from cellresdm.errors import CellResDMError
 from cellresdm.logs import step_logging
 from cellresdm.results import ResultsLayout, markdown_table
+from cellresdm.shards import whole_plate
 
 
 def _plate(config: dict, plate_id: str) -> dict:
@@ -54,13 +55,22 @@ def _run(args: argparse.Namespace) -> None:
             config["filter"],
         )
     elif args.step == "groundtruth":
+        shard = whole_plate().name  # one job: the whole plate is one shard
         steps.groundtruth(
             args.plate,
+            shard,
             results.fields(args.plate),
             results.load_data(args.plate),
             results.groundtruth_dir(args.plate),
+            results.groundtruth_shard(args.plate, shard),
             config["groundtruth"],
             workers=args.workers,
+        )
+        steps.gather_groundtruth(
+            args.plate,
+            [results.groundtruth_shard(args.plate, shard)],
+            results.fields(args.plate),
+            results.groundtruth_index(args.plate),
         )
     elif args.step in ("train", "sample"):
         if args.method not in config["methods"]:
@@ -102,8 +112,8 @@ def _run_models(args: argparse.Namespace, config: dict, results: ResultsLayout) 
             results.model(args.method),
             results.dataset("test"),
             results.predictions(args.method),
-            results.sample_timing(args.method),
             config["sample"],
+            benchmark_out=results.sample_timing(args.method),
         )
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,8 +296,10 @@ def run_cellprofiler(
     log: logging.Logger | None = None,
     progress: bool = True,
     chunk_size: int = 250,
+    index_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Run CellProfiler headless on the kept fields of one plate and write its labels and index.
+    """Run CellProfiler headless on the kept fields of one plate (or of one shard of it: pass the shard's rows
+    of the filter table and its ``index_path``) and write their labels and index.
 
     The kept fields are split into chunks of at most ``chunk_size`` image sets (at least ``workers``
     chunks when there are enough fields); each chunk is one CellProfiler process with its own LoadData CSV
@@ -315,6 +318,7 @@ def run_cellprofiler(
         log: logger (default: this module's).
         progress: show a progress bar (image sets).
         chunk_size: most image sets per CellProfiler process.
+        index_path: the index to write (default ``out_dir/index.parquet``).
 
     Returns:
         The index: field, labels (path), n_nuclei, n_cells, seconds (CellProfiler seconds of the image set,
@@ -326,7 +330,7 @@ def run_cellprofiler(
     """
     log = log or logging.getLogger(__name__)
     out_dir = Path(out_dir).absolute()  # CellProfiler runs in a folder of its own
-    index_path = out_dir / INDEX_NAME
+    index_path = Path(index_path) if index_path is not None else out_dir / INDEX_NAME
     with contextlib.suppress(FileNotFoundError):
         index_path.unlink()
     if workers < 1 or chunk_size < 1:
@@ -398,6 +402,42 @@ def _match_row(field: str, obj: str, true: np.ndarray, pred: np.ndarray, iou: fl
         "f1": float(m.f1),
         "mean_true_score": float(m.mean_true_score),
     }
+
+
+def gather_index(shards: Sequence[str | os.PathLike], fields: pd.DataFrame, out: str | os.PathLike) -> pd.DataFrame:
+    """Put the shard indexes of one plate together (:mod:`cellresdm.shards`) as :func:`run_cellprofiler` would
+    have written the plate's index in one job: rows in the filter table's order.
+
+    Args:
+        shards: the shard indexes (``groundtruth/{plate}/shards/{shard}.parquet``).
+        fields: the plate's filter table (``field``, ``keep``).
+        out: the plate's index (``groundtruth/{plate}/index.parquet``), written atomically.
+
+    Raises:
+        CellResDMError: a shard index lacks columns, a field is in two shards, or a labelled field is not a
+            kept field of the filter table.
+    """
+    parts = []
+    for path in shards:
+        part = pd.read_parquet(path)
+        missing = [c for c in INDEX_COLUMNS if c not in part.columns]
+        if missing:
+            raise CellResDMError(f"{path}: ground-truth shard index lacks columns {missing}")
+        parts.append(part[INDEX_COLUMNS])
+    index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
+    twice = index["field"][index["field"].duplicated()].tolist()
+    if twice:
+        raise CellResDMError(f"{out}: fields {twice[:5]} are in two ground-truth shards")
+    order = {f: i for i, f in enumerate(fields.loc[fields["keep"].astype(bool), "field"])}
+    stray = sorted(set(index["field"]) - set(order))
+    if stray:
+        raise CellResDMError(f"{out}: shards labelled fields that the filter table does not keep: {stray[:5]}")
+    index = index.sort_values("field", key=lambda s: s.map(order)).reset_index(drop=True)
+    index = index.astype(
+        {"field": "str", "labels": "str", "n_nuclei": "int64", "n_cells": "int64", "seconds": "float64"}
+    )
+    write_parquet(index, out)
+    return index
 
 
 def qc_against_truth(index: pd.DataFrame, truth_dir: Path, iou: float = 0.5) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -43,6 +44,23 @@ def plain_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~current_umask()
 
 
+#: Marks the temporary siblings of an output being written (``.{name}.part-{random}{suffix}``).
+_PART = ".part-"
+
+
+def _remove_stale_parts(target: Path) -> None:
+    """Delete temporary siblings of ``target`` left by a writer that was killed (SIGKILL, node failure): one job
+    writes an output at a time, so any such sibling is stale."""
+    stale = re.compile(re.escape(f".{target.name}{_PART}") + r"[a-z0-9_]{8}(\.tmp|\.old)?" + r"(\.\w+)?$")
+    for entry in target.parent.iterdir():
+        if stale.match(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error remove it.
@@ -51,8 +69,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(target)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
+        prefix=f".{target.name}{_PART}", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
     )
     os.close(fd)
     tmp = Path(tmp_name)
@@ -72,12 +91,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     on error it is deleted. Readers never see a half-written directory output (e.g. a zarr store)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _remove_stale_parts(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_PART}", suffix=".tmp", dir=target.parent))
     try:
         tmp.chmod(plain_mode(directory=True))
         yield tmp
         if target.exists() or target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}{_PART}", suffix=".old", dir=target.parent))
             old.rmdir()
             os.replace(target, old)
             os.replace(tmp, target)

@@ -121,11 +121,19 @@ OUTPUTS: tuple[Output, ...] = (
         "`{field}_labels.tiff` per kept field: 2 x H x W uint16 nuclei and cell labels (CellProfiler 4.2.8.1)",
     ),
     Output(
+        "groundtruth_shard",
+        "groundtruth/{plate}/shards/{shard}.parquet",
+        "ground truth",
+        "groundtruth_shard",
+        "cellresdm.groundtruth.run_cellprofiler",
+        "index of one shard's fields (a block of wells, cellresdm.shards); their labels go to `groundtruth/{plate}`",
+    ),
+    Output(
         "groundtruth_index",
         "groundtruth/{plate}/index.parquet",
         "ground truth",
         "groundtruth",
-        "cellresdm.groundtruth.run_cellprofiler",
+        "cellresdm.groundtruth.gather_index",
         "one row per labelled field: label file, object counts, CellProfiler seconds (written last)",
     ),
     Output(
@@ -198,16 +206,24 @@ OUTPUTS: tuple[Output, ...] = (
         "predictions/{method}/test.zarr",
         "sample",
         "sample",
-        "cellresdm.sample.predict_dataset",
+        "cellresdm.sample.gather_predictions",
         "`if` (N,5,H,W), `boundaries` probabilities and `boundaries_binary` (N,2,H,W), `*_std` with several "
         "samples, `fields.parquet` (cellresdm.stores)",
+    ),
+    Output(
+        "predictions_shard",
+        "predictions/{method}/shards/{plate}/{shard}.zarr",
+        "sample",
+        "sample_shard",
+        "cellresdm.sample.predict_dataset",
+        "predictions of one shard's test fields, its timing in the attrs (temporary: removed once gathered)",
     ),
     Output(
         "sample_timing",
         "benchmarks/sample_{method}.json",
         "sample",
         "sample",
-        "cellresdm.sample.predict_dataset",
+        "cellresdm.sample.gather_predictions",
         "seconds per image, images per second, image size, steps, device, batch",
     ),
     Output(
@@ -239,9 +255,17 @@ OUTPUTS: tuple[Output, ...] = (
         "segmentation/{source}_instances.zarr",
         "segmentation",
         "segment, stardist_predict",
-        "cellresdm.segment_step.segment_predictions",
+        "cellresdm.segment_step.gather_instances",
         "`nuclei` (and `cells`) (N,H,W) int32 instance labels, `fields.parquet` (cellresdm.stores); StarDist "
         "baselines: cellresdm.stardist_baseline.predict_stardist",
+    ),
+    Output(
+        "instances_shard",
+        "segmentation/shards/{method}/{plate}/{shard}.zarr",
+        "segmentation",
+        "segment_shard",
+        "cellresdm.segment_step.segment_predictions",
+        "instances of one shard's test fields (temporary: removed once gathered)",
     ),
     Output(
         "segmentation_scores",
@@ -304,8 +328,16 @@ OUTPUTS: tuple[Output, ...] = (
         "features/{source}.parquet",
         "features",
         "features",
-        "cellresdm.features.extract_features",
+        "cellresdm.features.gather_features",
         "CellProfiler measurements, median per image, pycytominer column names (`source`: real or a method)",
+    ),
+    Output(
+        "features_shard",
+        "features/shards/{source}/{plate}/{shard}.parquet",
+        "features",
+        "features_shard",
+        "cellresdm.features.extract_features",
+        "per-image features of one shard's test fields",
     ),
     Output(
         "table2",
@@ -475,6 +507,9 @@ class ResultsLayout:
     def groundtruth_dir(self, plate: str) -> str:
         return self.path("groundtruth_dir", plate=plate)
 
+    def groundtruth_shard(self, plate: str, shard: str) -> str:
+        return self.path("groundtruth_shard", plate=plate, shard=shard)
+
     def groundtruth_index(self, plate: str) -> str:
         return self.path("groundtruth_index", plate=plate)
 
@@ -506,6 +541,9 @@ class ResultsLayout:
     def predictions(self, method: str) -> str:
         return self.path("predictions", method=method)
 
+    def predictions_shard(self, method: str, plate: str, shard: str) -> str:
+        return self.path("predictions_shard", method=method, plate=plate, shard=shard)
+
     def sample_timing(self, method: str) -> str:
         return self.path("sample_timing", method=method)
 
@@ -521,6 +559,9 @@ class ResultsLayout:
 
     def instances(self, source: str) -> str:
         return self.path("instances", source=source)
+
+    def instances_shard(self, method: str, plate: str, shard: str) -> str:
+        return self.path("instances_shard", method=method, plate=plate, shard=shard)
 
     def segmentation_scores(self, source: str) -> str:
         return self.path("segmentation_scores", source=source)
@@ -545,6 +586,9 @@ class ResultsLayout:
 
     def features(self, source: str) -> str:
         return self.path("features", source=source)
+
+    def features_shard(self, source: str, plate: str, shard: str) -> str:
+        return self.path("features_shard", source=source, plate=plate, shard=shard)
 
     def table2(self) -> str:
         return self.path("table2")

@@ -13,7 +13,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from cellresdm import io, layout
 from cellresdm.config import settings_values
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.methods.base import N_OUTPUT_CHANNELS, Method
-from cellresdm.stores import create_predictions, open_dataset
+from cellresdm.stores import create_predictions, gather_stores, open_dataset, open_predictions
 
 
 @contextlib.contextmanager
@@ -169,6 +169,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def field_seed(seed: int, row: int) -> int:
+    """Seed of the noise of dataset field ``row``: independent streams per field, fixed by ``seed``."""
+    return int(np.random.SeedSequence([seed, row]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def predict_dataset(
     method: Method,
     dataset: str | Path,
@@ -178,25 +183,30 @@ def predict_dataset(
     device: torch.device | None = None,
     progress: bool = True,
     log: logging.Logger | None = None,
+    rows: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Sample every field of a dataset split and write its prediction store (:mod:`cellresdm.stores`).
+    """Sample the fields of a dataset split (all, or its ``rows``: a shard) and write their prediction store
+    (:mod:`cellresdm.stores`).
 
     The store holds ``if`` (N, 5, H, W) and ``boundaries`` (N, 2, H, W) as float16 in [0, 1] (boundary
     probabilities), ``boundaries_binary`` (N, 2, H, W) uint8 at ``boundary_threshold``, with ``n_samples > 1``
-    also ``if_std`` and ``boundaries_std`` (per-pixel standard deviation over the samples), and the dataset's
-    field table. Returns the timing record, also written to ``benchmark_out`` as JSON.
+    also ``if_std`` and ``boundaries_std`` (per-pixel standard deviation over the samples), the dataset's field
+    table (of the sampled rows) and the timing record in the attrs (``sampling``). Field ``i`` of the dataset
+    draws its noise from a generator of its own, seeded by (``seed``, ``i``), so its prediction does not depend
+    on which other fields a job samples. Returns the timing record, also written to ``benchmark_out`` as JSON.
     """
     log = log or logging.getLogger("cellresdm")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source = open_dataset(dataset, arrays=("bf",))
-    n, (height, width) = len(source), source.shape
+    selected = np.arange(len(source)) if rows is None else np.asarray(rows, dtype=np.int64)
+    n, (height, width) = len(selected), source.shape
     method.network.to(device).eval()
-    generator = torch.Generator().manual_seed(settings.seed)
     seconds = 0.0
     with create_predictions(out, n, (height, width), with_std=settings.n_samples > 1) as writer:
         n_if = len(layout.IF_CHANNELS)
-        for i in tqdm(range(n), desc=f"sample {method.name}", unit="field", disable=not progress):
-            bf = torch.from_numpy(np.asarray(source["bf"][i], dtype=np.float32))
+        for i, row in enumerate(tqdm(selected, desc=f"sample {method.name}", unit="field", disable=not progress)):
+            bf = torch.from_numpy(np.asarray(source["bf"][int(row)], dtype=np.float32))
+            generator = torch.Generator().manual_seed(field_seed(settings.seed, int(row)))
             _sync(device)
             start = time.perf_counter()
             samples = predict_field(method, bf, settings, generator, device)
@@ -231,7 +241,7 @@ def predict_dataset(
             "precision": settings.precision if device.type == "cuda" else "fp32",
         }
         writer.finish(
-            source.fields,
+            source.fields.iloc[selected].reset_index(drop=True),
             {
                 "method": method.name,
                 "channels_if": list(layout.IF_CHANNELS),
@@ -250,5 +260,44 @@ def predict_dataset(
         seconds,
         record["seconds_per_image"],
         record["device"],
+    )
+    return record
+
+
+def gather_predictions(
+    shards: Sequence[str | Path],
+    dataset: str | Path,
+    out: str | Path,
+    benchmark_out: str | Path,
+    log: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Put the shard stores of one method together (:mod:`cellresdm.shards`) as :func:`predict_dataset` writes
+    the whole test split in one job: fields in the dataset's order, the timing record summed over the shards
+    (also written to ``benchmark_out`` as JSON). Returns the timing record.
+
+    Raises:
+        CellResDMError: a shard store is invalid, the shards disagree, or they do not cover the dataset's fields
+            exactly once.
+    """
+    log = log or logging.getLogger("cellresdm")
+    fields = open_dataset(dataset, arrays=()).fields
+    stores = [open_predictions(path, arrays=()) for path in shards]
+    if not stores:
+        raise CellResDMError(f"{out}: no prediction shards to gather")
+    records = [store.attr("sampling") for store in stores]
+    n = sum(int(r["fields"]) for r in records)
+    seconds = sum(float(r["seconds_total"]) for r in records)
+    record = {
+        **records[0],
+        "fields": n,
+        "seconds_total": seconds,
+        "seconds_per_image": seconds / max(n, 1),
+        "images_per_second": n / seconds if seconds > 0 else float("inf"),
+    }
+    attrs = {**stores[0].attrs, "sampling": record}
+    gather_stores(shards, out, fields, attrs)
+    io.write_text(benchmark_out, json.dumps(record, indent=2) + "\n")
+    log.info(
+        "%s: %d fields from %d shards, %.3f s/image", record["method"], n, len(stores), record["seconds_per_image"]
     )
     return record

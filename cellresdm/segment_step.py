@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cellresdm import layout
-from cellresdm.errors import ConfigError
+from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.segment import InstanceSettings, instances_from_boundaries
-from cellresdm.stores import create_instances, open_predictions
+from cellresdm.stores import create_instances, gather_stores, open_instances, open_predictions
 
 
 def segment_predictions(
@@ -31,8 +32,9 @@ def segment_predictions(
     workers: int = 2,
     progress: bool = True,
     log: logging.Logger | None = None,
+    rows: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Segment every field of a prediction store and write its instance store.
+    """Segment the fields of a prediction store (all, or its ``rows``: a shard) and write their instance store.
 
     Args:
         predictions: the prediction store, with ``boundaries`` (N, 2, H, W) probabilities ([nuclei, cells]);
@@ -44,6 +46,7 @@ def segment_predictions(
         workers: fields segmented in parallel threads.
         progress: show a progress bar.
         log: logger (default ``cellresdm``).
+        rows: row positions of the fields to segment (default: all), in the order to write them.
 
     Returns:
         Summary: source, fields, image_size, seconds_per_field, fields_per_second (throughput with I/O and
@@ -59,12 +62,13 @@ def segment_predictions(
     predictions, out = Path(predictions), Path(out)
     store = open_predictions(predictions, arrays=("boundaries",))
     boundaries = store["boundaries"]
-    n, (height, width) = len(store), store.shape
+    selected = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
+    n, (height, width) = len(selected), store.shape
     source = str(store.attrs.get("method", predictions.parent.name))
     fields = store.fields
     names = [
-        f"{predictions} field {i}" + (f" ({fields['field'].iloc[i]})" if "field" in fields.columns else "")
-        for i in range(n)
+        f"{predictions} field {r}" + (f" ({fields['field'].iloc[r]})" if "field" in fields.columns else "")
+        for r in selected
     ]
     counts = np.zeros((n, 2), dtype=np.int64)
     seconds = np.zeros(n)
@@ -74,7 +78,7 @@ def segment_predictions(
 
         def segment(i: int) -> None:
             # each thread reads, segments and writes its own fields (one chunk each), so memory stays bounded
-            field = np.asarray(boundaries[i])
+            field = np.asarray(boundaries[int(selected[i])])
             t0 = time.perf_counter()
             nuclei, cells = instances_from_boundaries(field[0], field[1], settings, field=names[i])
             seconds[i] = time.perf_counter() - t0
@@ -100,7 +104,7 @@ def segment_predictions(
             "mean_cells": float(counts[:, 1].mean()) if n else 0.0,
         }
         writer.finish(
-            store,
+            store if rows is None else fields.iloc[selected].reset_index(drop=True),
             {
                 "source": source,
                 "objects": list(layout.OBJECT_CHANNELS),
@@ -123,3 +127,24 @@ def segment_predictions(
         summary["mean_cells"],
     )
     return summary
+
+
+def gather_instances(
+    shards: Sequence[str | os.PathLike], predictions: str | os.PathLike, out: str | os.PathLike
+) -> dict[str, Any]:
+    """Put one method's shard instance stores together (:mod:`cellresdm.shards`) as :func:`segment_predictions`
+    writes the whole prediction store in one job: fields in the predictions' order, ``seconds_per_field`` the
+    mean over every field. Returns the store's attributes.
+
+    Raises:
+        CellResDMError: an invalid shard store, shards that disagree, or fields not covered exactly once.
+    """
+    fields = open_predictions(predictions, arrays=()).fields
+    stores = [open_instances(path) for path in shards]
+    if not stores:
+        raise CellResDMError(f"{out}: no instance shards to gather")
+    n = sum(len(store) for store in stores)
+    seconds = sum(float(store.attr("seconds_per_field")) * len(store) for store in stores)
+    attrs = {**stores[0].attrs, "seconds_per_field": seconds / n if n else 0.0}
+    gather_stores(shards, out, fields, attrs)
+    return attrs

@@ -18,6 +18,7 @@ import pandas as pd
 from cellresdm import io
 from cellresdm.errors import CellResDMError
 from cellresdm.layout import GalleryLayout
+from cellresdm.shards import shard_rows
 
 log = logging.getLogger("cellresdm")
 
@@ -91,21 +92,41 @@ def filter_plate(
 
 
 def groundtruth(
-    plate: str, fields: str, load_data: str, out_dir: str, settings: dict[str, Any], workers: int = 1
+    plate: str,
+    shard: str,
+    fields: str,
+    load_data: str,
+    out_dir: str,
+    index_out: str,
+    settings: dict[str, Any],
+    workers: int = 1,
 ) -> pd.DataFrame:
-    """CellProfiler nuclei and cell labels of the kept fields of one plate (config section ``groundtruth``)."""
+    """CellProfiler nuclei and cell labels of the kept fields of one shard of a plate (config section
+    ``groundtruth``; :mod:`cellresdm.shards`): labels to ``out_dir``, the shard's index to ``index_out``."""
     from cellresdm.groundtruth import GroundTruthSettings, run_cellprofiler
 
+    table = pd.read_parquet(fields)
+    rows = shard_rows(table, plate, shard, "Metadata_Plate", "Metadata_Well")
     index = run_cellprofiler(
-        pd.read_parquet(fields),
+        table.iloc[rows].reset_index(drop=True),
         pd.read_parquet(load_data),
         Path(out_dir),
         GroundTruthSettings.from_config(settings),
         cellprofiler=settings["cellprofiler"],
         workers=workers,
         log=log,
+        index_path=Path(index_out),
     )
-    log.info("plate %s: CellProfiler labels for %d fields", plate, len(index))
+    log.info("plate %s, shard %s: CellProfiler labels for %d fields", plate, shard, len(index))
+    return index
+
+
+def gather_groundtruth(plate: str, shards: list[str], fields: str, out: str) -> pd.DataFrame:
+    """The plate's ground-truth index from its shard indexes."""
+    from cellresdm.groundtruth import gather_index
+
+    index = gather_index(shards, pd.read_parquet(fields), out)
+    log.info("plate %s: %d labelled fields from %d shards", plate, len(index), len(shards))
     return index
 
 
@@ -282,13 +303,21 @@ def launch_training(name: str, config: dict[str, Any], dataset_path: str, out_di
 
 
 def sample_method(
-    name: str, model_path: str, dataset_path: str, out: str, benchmark_out: str, settings: dict[str, Any]
+    name: str,
+    model_path: str,
+    dataset_path: str,
+    out: str,
+    settings: dict[str, Any],
+    shard: tuple[str, str] | None = None,
+    benchmark_out: str | None = None,
 ) -> dict[str, Any]:
-    """Sample a trained method on a dataset split (config section ``sample``)."""
+    """Sample a trained method on a dataset split (config section ``sample``): every field, or those of one
+    ``shard`` = (plate, block of wells) (:mod:`cellresdm.shards`)."""
     import torch
 
     from cellresdm.methods import build_method
     from cellresdm.sample import SampleSettings, predict_dataset
+    from cellresdm.stores import open_dataset
     from cellresdm.train import load_model_weights
 
     checkpoint_config = torch.load(model_path, map_location="cpu", weights_only=False)["config"]
@@ -300,7 +329,18 @@ def sample_method(
         ) from exc
     load_model_weights(Path(model_path), method.network, ema=True)
     sampling = SampleSettings.from_config(settings)
-    return predict_dataset(method, dataset_path, out, sampling, benchmark_out=benchmark_out, log=log)
+    rows = None
+    if shard is not None:
+        rows = shard_rows(open_dataset(dataset_path, arrays=()).fields, *shard, "plate", "well")
+        log.info("%s: shard %s of plate %s, %d fields", name, shard[1], shard[0], len(rows))
+    return predict_dataset(method, dataset_path, out, sampling, benchmark_out=benchmark_out, log=log, rows=rows)
+
+
+def gather_samples(shards: list[str], dataset_path: str, out: str, benchmark_out: str) -> dict[str, Any]:
+    """One method's prediction store and timing record from its shard stores."""
+    from cellresdm.sample import gather_predictions
+
+    return gather_predictions(shards, dataset_path, out, benchmark_out, log=log)
 
 
 def evaluate_quality(

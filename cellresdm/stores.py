@@ -448,6 +448,71 @@ class InstanceWriter(_Writer):
         self._finish(attrs)
 
 
+class _GatherWriter(_Writer):
+    """Writes the store gathered from shard stores: the arrays of the first shard, at the full length."""
+
+    def __init__(self, tmp: Path, target: Path, kind: str, n: int, arrays: Mapping[str, tuple[tuple[int, ...], Any]]):
+        super().__init__(tmp, target)
+        self.kind = kind
+        for name, (shape, dtype) in arrays.items():
+            self._create(name, (n, *shape), str(dtype))
+
+
+def gather_stores(
+    shards: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    fields: pd.DataFrame,
+    attrs: Mapping[str, Any],
+    key: Sequence[str] = ("plate", "field"),
+) -> Path:
+    """Write the store at ``out`` (atomically) whose rows are ``fields``, in order, from shard stores of one kind
+    that each hold some of those rows (:mod:`cellresdm.shards`).
+
+    Every shard must have the same arrays (name, per-field shape, dtype); a field's arrays are copied from the
+    shard whose field table lists its ``key``. ``fields`` becomes the field table and ``attrs`` the attributes.
+
+    Raises:
+        CellResDMError: naming ``out`` or the shard: arrays that differ between shards, a field in two shards or
+            in none, or a shard field that ``fields`` does not list.
+    """
+    out = Path(out)
+    position = {k: i for i, k in enumerate(zip(*(fields[c].astype(str) for c in key), strict=True))}
+    groups, layouts, covered = [], None, np.zeros(len(fields), dtype=bool)
+    for path in map(Path, shards):
+        group = _open_group(path, "shard store")
+        # the arrays are the member folders (listing the group's members would complain about the tables)
+        names = sorted(p.name for p in path.iterdir() if (p / _GROUP_FILE).is_file())
+        arrays = {name: (tuple(group[name].shape[1:]), group[name].dtype) for name in names}
+        if layouts is None:
+            layouts = arrays
+        elif arrays != layouts:
+            raise _error(path, f"shard arrays {arrays} differ from the first shard's {layouts}")
+        table = _table(path, "shard store", _FIELDS, key)
+        rows = [position.get(k) for k in zip(*(table[c].astype(str) for c in key), strict=True)]
+        unknown = [r is None for r in rows]
+        if any(unknown):
+            extra = table.loc[unknown, list(key)].head().to_dict("records")
+            raise _error(path, f"shard lists fields that {out} does not, e.g. {extra}")
+        if covered[rows].any():
+            raise _error(path, f"shard repeats fields of another shard of {out}")
+        covered[rows] = True
+        groups.append((group, rows))
+    if not covered.all():
+        missing = fields.loc[~covered, list(key)].head().to_dict("records")
+        raise _error(out, f"{int((~covered).sum())} fields are in no shard, e.g. {missing}")
+    if layouts is None:
+        raise _error(out, "no shard stores to gather")
+    with _writing(out, _GatherWriter, "gathered store", len(fields), layouts) as writer:
+        for group, rows in groups:
+            for name in layouts:
+                source = group[name]
+                for j, row in enumerate(rows):
+                    writer.arrays[name][row] = source[j]
+        writer._write_fields(fields.reset_index(drop=True))
+        writer._finish(attrs)
+    return out
+
+
 def create_dataset(
     path: str | os.PathLike, n: int, shape: tuple[int, int]
 ) -> contextlib.AbstractContextManager[DatasetWriter]:

@@ -5,8 +5,10 @@ import os
 from snakemake.logging import logger
 
 from cellresdm import config as cfg
-from cellresdm.layout import GalleryLayout
+from cellresdm.filters import is_edge_well
+from cellresdm.layout import N_COLS, N_ROWS, GalleryLayout, parse_well, well_name
 from cellresdm.results import ResultsLayout
+from cellresdm.shards import WellBlock, plate_blocks, sampling_evaluations, shard_runtime
 
 # Fills the schema defaults in place: every key the config files leave out comes from the schema.
 cfg.validate_config(config)
@@ -103,6 +105,95 @@ def groundtruth_dirs_of_split(wildcards):
 
 def qc_input():
     return [RESULTS.groundtruth_qc(p) for p in PLATES]
+
+
+# ---------------------------------------------------------------------------------------------- shards
+# Per-field stages run one job per block of wells (cellresdm.shards): the shards follow from the config alone.
+
+
+def plate_wells(plate):
+    """Wells of a plate whose fields the filter can keep: the run's wells (all of a 384-well plate when the
+    config lists none) outside the edge ring."""
+    if is_demo():
+        wells = config["demo"]["wells"]
+    else:
+        wells = config["gallery"]["wells"] or [
+            well_name(r, c) for r in range(1, N_ROWS + 1) for c in range(1, N_COLS + 1)
+        ]
+    ring = config["filter"]["edge_ring"]
+    return [w for w in wells if not is_edge_well(*parse_well(w), ring)]
+
+
+def plate_shards(plate):
+    return plate_blocks(plate_wells(plate), config["shards"]["well_block"])
+
+
+def test_shards():
+    """(plate, shard) of every shard of the test split."""
+    return [
+        (p, s) for p in cfg.plates_in_split(config, "test") for s in plate_shards(p)
+    ]
+
+
+def sites_per_well():
+    if is_demo():
+        return config["demo"]["sites"]
+    sites = config["gallery"]["sites"]
+    return len(sites) if sites else config["shards"]["sites_per_well"]
+
+
+def shard_size(wildcards):
+    """Most fields of a shard: its wells of the run times the sites per well."""
+    wells = plate_wells(wildcards.plate)
+    return (
+        int(WellBlock.parse(wildcards.shard).contains(wells).sum()) * sites_per_well()
+    )
+
+
+def shard_minutes(wildcards, seconds_per_field):
+    costs = config["shards"]
+    return shard_runtime(
+        shard_size(wildcards), seconds_per_field, costs["margin"], costs["min_runtime"]
+    )
+
+
+def groundtruth_runtime(wildcards):
+    return shard_minutes(
+        wildcards, config["shards"]["seconds_per_field"]["groundtruth"]
+    )
+
+
+def sample_runtime(wildcards):
+    per_step = config["shards"]["seconds_per_field"]["sample_step"]
+    evaluations = sampling_evaluations(config[wildcards.method]) * config["sample"]["n_samples"]
+    return shard_minutes(wildcards, per_step * evaluations)
+
+
+def instances_runtime(wildcards):
+    return shard_minutes(wildcards, config["shards"]["seconds_per_field"]["instances"])
+
+
+def features_runtime(wildcards):
+    return shard_minutes(wildcards, config["shards"]["seconds_per_field"]["features"])
+
+
+def groundtruth_shards(wildcards):
+    return [
+        RESULTS.groundtruth_shard(wildcards.plate, s)
+        for s in plate_shards(wildcards.plate)
+    ]
+
+
+def prediction_shards(wildcards):
+    return [RESULTS.predictions_shard(wildcards.method, p, s) for p, s in test_shards()]
+
+
+def instance_shards(wildcards):
+    return [RESULTS.instances_shard(wildcards.method, p, s) for p, s in test_shards()]
+
+
+def feature_shards(wildcards):
+    return [RESULTS.features_shard(wildcards.source, p, s) for p, s in test_shards()]
 
 
 def has_model_splits():

@@ -1,10 +1,34 @@
-# Stage 8b: CellProfiler features of the real and every method's synthetic test images, and Table 2.
+# Stage 8b: CellProfiler features of the real and every method's synthetic test images (one job per source and
+# shard, gathered), and Table 2.
+
+
+rule features_shard:
+    input:
+        images=feature_images,
+        dataset=RESULTS.dataset("test"),
+    output:
+        features=RESULTS.features_shard("{source}", "{plate}", "{shard}"),
+    log:
+        RESULTS.log("features", "{source}_{plate}_{shard}"),
+    benchmark:
+        RESULTS.benchmark("features", "{source}_{plate}_{shard}")
+    conda:
+        "../envs/main.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=features_runtime,
+    params:
+        settings=config["features"],
+        segmentation=config["groundtruth"],
+    script:
+        "../workflow_scripts/features.py"
 
 
 rule features:
     input:
         images=feature_images,
-        dataset=RESULTS.dataset("test"),
+        shards=feature_shards,
     output:
         features=RESULTS.features("{source}"),
     log:
@@ -13,15 +37,12 @@ rule features:
         RESULTS.benchmark("features", "{source}")
     conda:
         "../envs/main.yaml"
-    threads: 2
+    threads: 1
     resources:
-        mem_mb=8000,
-        runtime=1440,
-    params:
-        settings=config["features"],
-        segmentation=config["groundtruth"],
+        mem_mb=4000,
+        runtime=30,
     script:
-        "../workflow_scripts/features.py"
+        "../workflow_scripts/features_gather.py"
 
 
 rule feature_correlation:

@@ -1,10 +1,34 @@
-# Stage 3: CellProfiler nuclei and cell labels per field (binary boundaries are derived in the dataset stage).
+# Stage 3: CellProfiler nuclei and cell labels per field (binary boundaries are derived in the dataset stage),
+# one job per shard (block of wells) of a plate, gathered into the plate's index.
+
+
+rule groundtruth_shard:
+    input:
+        fields=RESULTS.fields("{plate}"),
+        load_data=RESULTS.load_data("{plate}"),
+    output:
+        index=RESULTS.groundtruth_shard("{plate}", "{shard}"),
+    log:
+        RESULTS.log("groundtruth", "{plate}_{shard}"),
+    benchmark:
+        RESULTS.benchmark("groundtruth", "{plate}_{shard}")
+    conda:
+        "../envs/main.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=groundtruth_runtime,
+    params:
+        settings=config["groundtruth"],
+        out_dir=RESULTS.groundtruth_dir("{plate}"),
+    script:
+        "../workflow_scripts/groundtruth.py"
 
 
 rule groundtruth:
     input:
         fields=RESULTS.fields("{plate}"),
-        load_data=RESULTS.load_data("{plate}"),
+        shards=groundtruth_shards,
     output:
         index=RESULTS.groundtruth_index("{plate}"),
     log:
@@ -13,15 +37,12 @@ rule groundtruth:
         RESULTS.benchmark("groundtruth", "{plate}")
     conda:
         "../envs/main.yaml"
-    threads: 2
+    threads: 1
     resources:
-        mem_mb=4000,
-        runtime=720,
-    params:
-        settings=config["groundtruth"],
-        out_dir=RESULTS.groundtruth_dir("{plate}"),
+        mem_mb=2000,
+        runtime=15,
     script:
-        "../workflow_scripts/groundtruth.py"
+        "../workflow_scripts/groundtruth_gather.py"
 
 
 rule groundtruth_qc:

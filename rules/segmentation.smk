@@ -1,9 +1,34 @@
-# Stage 7: instances from every method's predicted boundaries, then scores of every source against CellProfiler.
+# Stage 7: instances from every method's predicted boundaries (one job per shard, gathered), then scores of every
+# source against CellProfiler.
+
+
+rule segment_shard:
+    input:
+        predictions=RESULTS.predictions("{method}"),
+    output:
+        instances=temp(
+            directory(RESULTS.instances_shard("{method}", "{plate}", "{shard}"))
+        ),
+    log:
+        RESULTS.log("segmentation", "{method}_{plate}_{shard}"),
+    benchmark:
+        RESULTS.benchmark("segmentation", "{method}_{plate}_{shard}")
+    conda:
+        "../envs/main.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=instances_runtime,
+    params:
+        settings=config["instances"],
+    script:
+        "../workflow_scripts/segment.py"
 
 
 rule segment:
     input:
         predictions=RESULTS.predictions("{method}"),
+        shards=instance_shards,
     output:
         instances=directory(RESULTS.instances("{method}")),
     log:
@@ -12,14 +37,12 @@ rule segment:
         RESULTS.benchmark("segmentation", "{method}")
     conda:
         "../envs/main.yaml"
-    threads: 2
+    threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
-    params:
-        settings=config["instances"],
+        mem_mb=4000,
+        runtime=60,
     script:
-        "../workflow_scripts/segment.py"
+        "../workflow_scripts/segment_gather.py"
 
 
 rule segmentation_scores:

@@ -123,4 +123,4 @@ def test_model_file_from_before_a_network_key_names_the_file(tmp_path):
     model = tmp_path / "model.pt"
     torch.save({"config": {"cellresdm": section}, "ema": method.network.state_dict()}, model)
     with pytest.raises(CellResDMError, match=r"model\.pt.*swin_embed_dim.*retrain"):
-        sample_method("cellresdm", str(model), "unused.zarr", "out.zarr", "timing.json", {})
+        sample_method("cellresdm", str(model), "unused.zarr", "out.zarr", {})

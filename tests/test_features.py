@@ -23,6 +23,7 @@ from cellresdm.features import (
     extract_features,
     feature_category,
     feature_correlation,
+    gather_features,
     make_measurement_pipeline,
     measure_objects_cp_measure,
     run_cellprofiler_chunk,
@@ -348,3 +349,20 @@ def test_cp_measure_backend_matches(zarr_path: Path, cp_table: pd.DataFrame, cel
     cols = ["Nuclei_AreaShape_Area", "Cells_Intensity_MeanIntensity_DNA", "Cytoplasm_Texture_Contrast_Mito_3_00_256"]
     cols += ["Cells_Correlation_Correlation_DNA_RNA", "Nuclei_Neighbors_NumberOfNeighbors_1"]
     np.testing.assert_allclose(table[cols].to_numpy(float), cp_table[cols].to_numpy(float), rtol=1e-6)
+
+
+@pytest.mark.cellprofiler
+def test_shards_gathered_equal_one_job(zarr_path: Path, cp_table: pd.DataFrame, cellprofiler: str) -> None:
+    """Fields measured in separate shard jobs (one of them empty) and gathered give the one-job table."""
+    shards = []
+    for name, rows in (("second", [1]), ("none", []), ("first", [0])):
+        shards.append(zarr_path.parent / "shards" / f"{name}.parquet")
+        extract_features(zarr_path, "real", shards[-1], SETTINGS, cellprofiler=cellprofiler, progress=False, rows=rows)
+    assert len(pd.read_parquet(shards[1])) == 0
+    fields = pd.read_parquet(zarr_path / "fields.parquet")
+    gathered = gather_features(shards, fields, zarr_path.parent / "gathered.parquet")
+    timing = ["Metadata_Seconds"]
+    pd.testing.assert_frame_equal(gathered.drop(columns=timing), cp_table.drop(columns=timing))
+    with pytest.raises(CellResDMError, match="do not measure exactly"):
+        gather_features(shards[:2], fields, zarr_path.parent / "partial.parquet")
+    assert not (zarr_path.parent / "partial.parquet").exists()

@@ -18,6 +18,7 @@ from cellresdm.groundtruth import (
     INDEX_COLUMNS,
     QC_COLUMNS,
     GroundTruthSettings,
+    gather_index,
     qc_against_truth,
     qc_summary,
     run_cellprofiler,
@@ -404,3 +405,24 @@ def test_synth_fields_are_segmented_well(tmp_path, cellprofiler):
     summary = qc_summary(qc_against_truth(index, tmp_path / "truth")).set_index("object")
     assert summary.loc["nuclei", "f1"] >= 0.9, summary
     assert summary.loc["cells", "f1"] >= 0.7, summary
+
+
+def test_gather_index_puts_shards_in_the_filter_tables_order(tmp_path):
+    fields = pd.DataFrame({"field": ["a", "b", "c", "d"], "keep": [True, False, True, True]})
+
+    def shard(name: str, rows: list[str]) -> Path:
+        table = pd.DataFrame(
+            {"field": rows, "labels": [f"{f}_labels.tiff" for f in rows], "n_nuclei": 1, "n_cells": 2, "seconds": 0.5}
+        )
+        table.to_parquet(tmp_path / f"{name}.parquet")
+        return tmp_path / f"{name}.parquet"
+
+    shards = [shard("s2", ["d"]), shard("s1", ["c", "a"]), shard("empty", [])]
+    index = gather_index(shards, fields, tmp_path / "index.parquet")
+    assert index["field"].tolist() == ["a", "c", "d"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "index.parquet"), index)
+    with pytest.raises(CellResDMError, match="two ground-truth shards"):
+        gather_index([*shards, shard("again", ["a"])], fields, tmp_path / "twice.parquet")
+    with pytest.raises(CellResDMError, match=r"does not keep: \['b'\]"):
+        gather_index([shard("dropped", ["b"])], fields, tmp_path / "stray.parquet")
+    assert not (tmp_path / "twice.parquet").exists() and not (tmp_path / "stray.parquet").exists()

@@ -101,3 +101,25 @@ def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path, umask):
     assert _mode(tmp_path / "atomic_store") == _mode(plain_dir)
     assert _mode(tmp_path / "atomic_store" / "group") == _mode(plain_dir)
     assert _mode(tmp_path / "atomic_store" / "group" / "zarr.json") == _mode(plain_file)
+
+
+def test_a_killed_writers_parts_are_removed_by_the_next_write(tmp_path):
+    """A SIGKILL leaves the temporary sibling of an output behind; the next write of that output removes it."""
+    store, table = tmp_path / "s.zarr", tmp_path / "t.parquet"
+    stale_dir = tmp_path / ".s.zarr.part-ab12cd34.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "chunk").write_bytes(b"half")
+    stale_file = tmp_path / ".t.parquet.part-zz99yy88.parquet"
+    stale_file.write_bytes(b"half")
+    unrelated = [tmp_path / ".s.zarr.keep", tmp_path / ".other.zarr.part-ab12cd34.tmp"]
+    for path in unrelated:
+        path.write_text("x")
+    with atomic_dir(store) as tmp:
+        (tmp / "a").write_text("1")
+    with atomic_path(table) as tmp:
+        tmp.write_text("2")
+    assert not stale_dir.exists() and not stale_file.exists()
+    assert all(path.exists() for path in unrelated) and (store / "a").read_text() == "1" and table.read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.zarr") or p.name.startswith(".t.")) == [
+        ".s.zarr.keep"
+    ]

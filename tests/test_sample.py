@@ -13,9 +13,17 @@ from torch import Tensor, nn
 
 from cellresdm import stores
 from cellresdm.config import section
-from cellresdm.errors import ConfigError
+from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.methods.base import N_OUTPUT_CHANNELS, Method
-from cellresdm.sample import SampleSettings, blend_weight, predict_dataset, predict_field, tile_starts
+from cellresdm.sample import (
+    SampleSettings,
+    blend_weight,
+    gather_predictions,
+    predict_dataset,
+    predict_field,
+    tile_starts,
+)
+from cellresdm.shards import shard_rows
 
 
 class PointwiseMethod(Method):
@@ -227,3 +235,36 @@ def test_settings_from_the_schema():
         SampleSettings.from_config(section("sample", {"tile": 32, "overlap": 32}))
     with pytest.raises(ConfigError, match="sample.precision"):
         section("sample", {"precision": "fp16"})
+
+
+def test_shards_sampled_apart_and_gathered_equal_one_job(tmp_path):
+    """Each field draws its own noise, so shards sampled as separate jobs and gathered give the one-job store."""
+    n, size = 5, 32
+    rng = np.random.default_rng(1)
+    wells = ["B02", "B02", "C03", "B04", "C03"]
+    with stores.create_dataset(tmp_path / "test.zarr", n, (size, size)) as writer:
+        for i in range(n):
+            writer.write_field(i, bf=rng.random((3, size, size)).astype(np.float16), if_=0, boundaries=0, labels=0)
+        fields = pd.DataFrame({"plate": ["P"] * n, "well": wells, "field": [f"f{i}" for i in range(n)]})
+        writer.finish(fields, pd.DataFrame(), {})
+    settings = SampleSettings.from_config(section("sample", {"tile": 32, "overlap": 8, "n_samples": 2}))
+    run = {"progress": False, "device": torch.device("cpu")}
+    method = PointwiseMethod()
+    predict_dataset(method, tmp_path / "test.zarr", tmp_path / "whole.zarr", settings, **run)
+    shards = []
+    for name in ("B03-C04", "A01-B02", "D01-D24"):  # B04 and C03, B02, none
+        rows = shard_rows(fields, "P", name, "plate", "well")
+        shards.append(tmp_path / f"{name}.zarr")
+        predict_dataset(method, tmp_path / "test.zarr", shards[-1], settings, rows=rows, **run)
+    record = gather_predictions(shards, tmp_path / "test.zarr", tmp_path / "gathered.zarr", tmp_path / "timing.json")
+    arrays = tuple(stores.PREDICTION_ARRAYS)
+    one = stores.open_predictions(tmp_path / "whole.zarr", arrays=arrays)
+    gathered = stores.open_predictions(tmp_path / "gathered.zarr", arrays=arrays)
+    for name in arrays:
+        np.testing.assert_array_equal(np.asarray(gathered[name][:]), np.asarray(one[name][:]), err_msg=name)
+    pd.testing.assert_frame_equal(gathered.fields, one.fields)
+    assert record["fields"] == n and json.loads((tmp_path / "timing.json").read_text()) == record
+    assert gathered.attrs["sampling"] == record and record["steps"] == one.attrs["sampling"]["steps"]
+    with pytest.raises(CellResDMError, match="in no shard"):
+        gather_predictions(shards[1:], tmp_path / "test.zarr", tmp_path / "partial.zarr", tmp_path / "t2.json")
+    assert not (tmp_path / "partial.zarr").exists() and not (tmp_path / "t2.json").exists()

@@ -16,7 +16,8 @@ from cellresdm import stores
 from cellresdm.config import section
 from cellresdm.errors import CellResDMError
 from cellresdm.segment import InstanceSettings, instances_from_boundaries
-from cellresdm.segment_step import segment_predictions
+from cellresdm.segment_step import gather_instances, segment_predictions
+from cellresdm.shards import shard_rows
 
 SETTINGS = InstanceSettings.from_config(section("instances"))
 
@@ -28,7 +29,14 @@ def bounds() -> np.ndarray:
 
 
 def _fields_table(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"plate": ["P1"] * n, "field": [f"r02c{c + 2:02d}f01" for c in range(n)], "index": range(n)})
+    return pd.DataFrame(
+        {
+            "plate": ["P1"] * n,
+            "well": [f"B{c + 2:02d}" for c in range(n)],
+            "field": [f"r02c{c + 2:02d}f01" for c in range(n)],
+            "index": range(n),
+        }
+    )
 
 
 def _predictions(path: Path, bounds: np.ndarray, method: str = "unet") -> Path:
@@ -91,14 +99,47 @@ def test_workflow_script(bounds, tmp_path, repo_dir):
     store = _predictions(tmp_path / "predictions" / "cellresdm" / "test.zarr", bounds[:1], method="cellresdm")
     out = tmp_path / "segmentation" / "cellresdm_instances.zarr"
     log = tmp_path / "logs" / "segment.log"
+    shard = tmp_path / "segmentation" / "shards" / "cellresdm" / "P1" / "A01-P24.zarr"
     snakemake = SimpleNamespace(
         input=SimpleNamespace(predictions=str(store)),
-        output=SimpleNamespace(instances=str(out)),
+        output=SimpleNamespace(instances=str(shard)),
         params=SimpleNamespace(settings=section("instances", {"threshold": 0.5})),
+        wildcards=SimpleNamespace(method="cellresdm", plate="P1", shard="A01-P24"),
         threads=1,
         log=[str(log)],
     )
     runpy.run_path(str(repo_dir / "workflow_scripts" / "segment.py"), init_globals={"snakemake": snakemake})
+    gather = SimpleNamespace(
+        input=SimpleNamespace(predictions=str(store), shards=[str(shard)]),
+        output=SimpleNamespace(instances=str(out)),
+        log=[str(tmp_path / "logs" / "gather.log")],
+    )
+    runpy.run_path(str(repo_dir / "workflow_scripts" / "segment_gather.py"), init_globals={"snakemake": gather})
     inst = stores.open_instances(out)
     assert inst.source == "cellresdm" and inst.attrs["settings"]["workers"] == 1 and inst.load()["nuclei"].max() > 0
     assert "cellresdm: 1 fields of 256x256 segmented" in log.read_text()
+
+
+def test_shards_gathered_equal_one_job(bounds, tmp_path):
+    """Blocks of wells segmented as separate jobs and gathered give the store of one job; an empty shard is fine."""
+    store = _predictions(tmp_path / "predictions.zarr", bounds)  # wells B02, B03, B04
+    whole = segment_predictions(store, tmp_path / "whole.zarr", SETTINGS, workers=1, progress=False)
+    fields = stores.open_predictions(store, arrays=()).fields
+    # blocks of one column: B03 comes after B04 in the shard list to show that the gather restores the order
+    shards = []
+    for name in ("B04-B04", "B02-B02", "B03-B03", "C01-C24"):
+        path = tmp_path / "shards" / f"{name}.zarr"
+        segment_predictions(
+            store, path, SETTINGS, workers=1, progress=False, rows=shard_rows(fields, "P1", name, "plate", "well")
+        )
+        shards.append(path)
+    assert len(stores.open_instances(shards[-1])) == 0
+    gather_instances(shards, store, tmp_path / "gathered.zarr")
+    one, gathered = stores.open_instances(tmp_path / "whole.zarr"), stores.open_instances(tmp_path / "gathered.zarr")
+    pd.testing.assert_frame_equal(gathered.fields, one.fields)
+    for name, array in one.load().items():
+        np.testing.assert_array_equal(gathered.load()[name], array)
+    assert gathered.attrs["seconds_per_field"] > 0 and whole["fields"] == 3
+    with pytest.raises(CellResDMError, match="1 fields are in no shard"):
+        gather_instances(shards[1:], store, tmp_path / "partial.zarr")
+    assert not (tmp_path / "partial.zarr").exists()

@@ -48,6 +48,8 @@ TINY_CONFIG = {
     "sample": {"tile": 128, "overlap": 32, "batch_size": 4},
     "stardist": {"epochs": 2, "steps_per_epoch": 3, "patch_size": 64, "batch_size": 2, "unet_n_filter_base": 8},
     "methods": METHODS,
+    # shards of one well (2 fields): the test plate's per-field stages run as 3 jobs each, one of them empty
+    "shards": {"well_block": [1, 1]},
     # every network and schedule just big enough to run its code paths; make demo trains for real
     **tiny_method_sections(),
 }
@@ -176,7 +178,7 @@ def test_slurm_profile_parses_and_resolves_every_rules_resources(tmp_path):
     assert profile["executor"] == "slurm"
     assert profile["software-deployment-method"] == "conda"
     assert profile["retries"] >= 1 and profile["rerun-incomplete"] is True
-    for rule in ("train", "sample"):
+    for rule in ("train", "sample_shard"):
         assert profile["set-resources"][rule]["gpu"] >= 1
     # This machine has no conda, so the dry run uses a copy of the profile without conda deployment.
     profile_dir = tmp_path / "slurm"
@@ -186,13 +188,13 @@ def test_slurm_profile_parses_and_resolves_every_rules_resources(tmp_path):
     args = [str(profile_dir) if arg == "slurm" else arg for arg in readme_args(README_CLUSTER_RUN)]
     result = snakemake(REPO, "-n", *args)
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
-    assert {rule for rule, _ in jobs} >= {"download", "filter_fields", "groundtruth", "dataset"}
+    assert {rule for rule, _ in jobs} >= {"download", "filter_fields", "groundtruth_shard", "groundtruth", "dataset"}
     for rule, resources in jobs:
         values = dict(item.split("=", 1) for item in resources.split(", "))
         assert values["slurm_partition"] and values["slurm_account"], rule
         assert int(values["runtime"]) > 0 and int(values["mem_mb"]) > 0, rule
-        if rule == "groundtruth":  # set-resources of the profile wins over the rule's own
-            assert values["runtime"] == "1440" and values["mem_mb"] == "8000"
+        if rule == "groundtruth_shard":  # set-resources of the profile wins; the runtime is the rule's estimate
+            assert values["mem_mb"] == "8000" and 15 < int(values["runtime"]) < 1440
 
 
 def test_conda_envs_point_at_existing_files():
@@ -216,7 +218,7 @@ def test_snakemake_lint_and_snakefmt_are_clean():
 
 @pytest.mark.slow
 @pytest.mark.cellprofiler
-def test_tiny_end_to_end_run(tmp_path):
+def test_tiny_end_to_end_run(tmp_path, monkeypatch):
     """The whole Snakefile on a tiny synthetic gallery, then a rerun that has nothing to do, then --report."""
     if not CELLPROFILER.exists():
         pytest.skip("CellProfiler environment .venv-cp is missing (make setup creates it)")
@@ -304,8 +306,138 @@ def test_tiny_end_to_end_run(tmp_path):
     ]:
         assert Path(R.benchmark(stage, name)).stat().st_size > 0, (stage, name)
 
+    assert_shards_equal_one_job(work, R, monkeypatch)
+    assert_a_killed_run_redoes_only_missing_shards(work, tmp_path / "killed")
+
     rerun = snakemake(work, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
     snakemake_report = ResultsLayout().snakemake_report()
     snakemake(work, "--cores", "1", "--report", snakemake_report)
     assert (work / snakemake_report).stat().st_size > 10_000
+
+
+def assert_shards_equal_one_job(work: Path, R: ResultsLayout, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's per-field stages in shards of one well, gathered, equal the same stages of the test plate run
+    as one job each (the whole plate as one shard): ground truth, every method's predictions and instances, the
+    features of the real images and of CellResDM's."""
+    from cellresdm import steps
+    from cellresdm.compare import compare_results
+    from cellresdm.features import FeatureSettings, extract_features
+    from cellresdm.segment import InstanceSettings
+    from cellresdm.segment_step import segment_predictions
+    from cellresdm.shards import whole_plate
+
+    monkeypatch.chdir(work)  # the config's CellProfiler path is relative to the working directory
+    config = load_config(work / "config.yaml")
+    one = ResultsLayout(str(work / "one_job"))
+    plate, shard = "TINY03", whole_plate().name
+    steps.groundtruth(
+        plate,
+        shard,
+        R.fields(plate),
+        R.load_data(plate),
+        one.groundtruth_dir(plate),
+        one.groundtruth_shard(plate, shard),
+        config["groundtruth"],
+        workers=2,
+    )
+    steps.gather_groundtruth(
+        plate, [one.groundtruth_shard(plate, shard)], R.fields(plate), one.groundtruth_index(plate)
+    )
+    steps.use_threads(2)  # the sample rule's threads
+    for method in METHODS:
+        steps.sample_method(
+            method,
+            R.model(method),
+            R.dataset("test"),
+            one.predictions(method),
+            config["sample"],
+            benchmark_out=one.sample_timing(method),
+        )
+        segment = InstanceSettings.from_config(config["instances"])
+        segment_predictions(one.predictions(method), one.instances(method), segment, workers=2, progress=False)
+    settings = FeatureSettings.from_config(config["features"], segmentation=config["groundtruth"])
+    for source, images in (("real", R.dataset("test")), ("cellresdm", one.predictions("cellresdm"))):
+        extract_features(
+            images,
+            source,
+            one.features(source),
+            settings,
+            cellprofiler=config["groundtruth"]["cellprofiler"],
+            workers=2,
+            progress=False,
+            reference=R.dataset("test"),
+        )
+    compared = [d for d in compare_results(R.root, one.root) if not d.what.startswith("only in")]
+    assert compared == [], "\n".join(map(str, compared))
+    monkeypatch.chdir(REPO)
+
+
+def started_jobs(output: str, rule: str) -> set[str]:
+    """Wildcards of the jobs of ``rule`` that a Snakemake run started (its log)."""
+    return set(re.findall(rf"^rule {rule}:\n(?:    .*\n)*?    wildcards: (.*)$", output, re.M))
+
+
+def run_until(work: Path, done: list[Path], *targets: str) -> str:
+    """Run Snakemake on ``targets`` one job at a time and kill it (SIGKILL, the whole process group) as soon as
+    any of ``done`` exists; its output."""
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [SNAKEMAKE, "--directory", str(work), "--cores", "1", "--rerun-incomplete", *targets],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not any(p.exists() for p in done) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    output, _ = process.communicate()
+    return output
+
+
+def assert_a_killed_run_redoes_only_missing_shards(work: Path, copy: Path) -> None:
+    """Kill a run while it samples, then while it measures features: nothing half-written is left, and each
+    rerun starts only the shards that are missing (and at most the one that ended as it was killed, which
+    Snakemake had not yet recorded)."""
+    from cellresdm.stores import open_predictions
+
+    shutil.copytree(work, copy, symlinks=True)
+    R = ResultsLayout(str(copy / DEFAULT_ROOT))
+    method, plate = "cellresdm", "TINY03"
+    shards = ["B02-B02", "B03-B03", "C02-C02"]
+    for path in (R.predictions(method), R.features(method), Path(R.features_shard(method, plate, "X")).parent):
+        shutil.rmtree(path) if Path(path).is_dir() else Path(path).unlink()
+    predictions = [Path(R.predictions_shard(method, plate, s)) for s in shards]
+    features = [Path(R.features_shard(method, plate, s)) for s in shards]
+
+    output = run_until(copy, predictions, R.features(method))
+    sampled = [s for s, p in zip(shards, predictions, strict=True) if p.exists()]
+    assert 1 <= len(sampled) < len(shards), output[-3000:]
+    for path in predictions[0].parent.iterdir():  # complete shard stores only: no temporary sibling survives
+        assert not path.name.startswith(".") or ".part-" in path.name, path
+        if not path.name.startswith("."):
+            open_predictions(path)
+    assert not Path(R.predictions(method)).exists()
+
+    output = run_until(copy, features, R.features(method))
+    resampled = {w.split("shard=")[1] for w in started_jobs(output, "sample_shard")}
+    missing = set(shards) - set(sampled)
+    assert missing <= resampled and len(resampled - missing) <= 1, (sampled, resampled)
+    measured = [s for s, p in zip(shards, features, strict=True) if p.exists()]
+    assert 1 <= len(measured) < len(shards), output[-3000:]
+
+    result = snakemake(copy, "--cores", "2", "--rerun-incomplete", R.features(method))
+    output = result.stdout + result.stderr
+    assert not started_jobs(output, "sample_shard")
+    remeasured = {w.split("shard=")[1] for w in started_jobs(output, "features_shard")}
+    missing = set(shards) - set(measured)
+    assert missing <= remeasured and len(remeasured - missing) <= 1, (measured, remeasured)
+    assert len(pd.read_parquet(R.features(method))) == 3
+    leftovers = [p for p in Path(R.root).rglob(".*.part-*")]
+    assert leftovers == [], leftovers

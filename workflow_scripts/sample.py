@@ -1,4 +1,4 @@
-"""Snakemake adapter: sample one method on the test split (torch on the rule's threads)."""
+"""Snakemake adapter: sample one method on one shard of the test split (torch on the rule's threads)."""
 
 from cellresdm.logs import step_logging
 from cellresdm.steps import sample_method, use_threads
@@ -10,6 +10,6 @@ with step_logging(snakemake.log[0]):
         snakemake.input.model,
         snakemake.input.dataset,
         snakemake.output.predictions,
-        snakemake.output.timing,
         snakemake.params.settings,
+        shard=(snakemake.wildcards.plate, snakemake.wildcards.shard),
     )

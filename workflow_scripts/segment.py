@@ -1,10 +1,13 @@
-"""Snakemake adapter: instance labels from one method's predicted boundaries on the test split."""
+"""Snakemake adapter: instance labels from one method's predicted boundaries on one shard of the test split."""
 
 from cellresdm.logs import step_logging
 from cellresdm.segment import InstanceSettings
 from cellresdm.segment_step import segment_predictions
+from cellresdm.shards import shard_rows
+from cellresdm.stores import open_predictions
 
 with step_logging(snakemake.log[0]) as log:
+    fields = open_predictions(snakemake.input.predictions, arrays=()).fields
     segment_predictions(
         snakemake.input.predictions,
         snakemake.output.instances,
@@ -12,4 +15,5 @@ with step_logging(snakemake.log[0]) as log:
         # the rule's threads (Snakemake scales them to the cores it has) decide how many fields run at once
         workers=max(int(snakemake.threads), 1),
         log=log,
+        rows=shard_rows(fields, snakemake.wildcards.plate, snakemake.wildcards.shard, "plate", "well"),
     )

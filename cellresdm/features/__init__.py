@@ -33,7 +33,7 @@ from cellresdm.cppipe import COMPARTMENTS, make_measurement_pipeline
 from cellresdm.features.columns import CATEGORIES, CP_MEASURE_CATEGORIES, METADATA_COLUMNS, feature_category
 from cellresdm.features.correlation import CORRELATION_COLUMNS, feature_correlation, table2, write_table2
 from cellresdm.features.cpmeasure import measure_objects_cp_measure
-from cellresdm.features.extract import extract_features, run_cellprofiler_chunk
+from cellresdm.features.extract import extract_features, gather_features, run_cellprofiler_chunk
 from cellresdm.features.settings import FeatureSettings
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "extract_features",
     "feature_category",
     "feature_correlation",
+    "gather_features",
     "make_measurement_pipeline",
     "measure_objects_cp_measure",
     "run_cellprofiler_chunk",

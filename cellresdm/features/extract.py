@@ -31,6 +31,12 @@ from cellresdm.stores import open_dataset, open_if_images
 _LOG = logging.getLogger("cellresdm")
 
 
+#: dtypes of the metadata columns (of an empty table too).
+_METADATA_DTYPES = {
+    c: "float64" if c == "Metadata_Seconds" else "int64" if c == "Metadata_Site" else "str" for c in METADATA_COLUMNS
+}
+
+
 def _image_id(plate: str, field_name: str) -> str:
     """File-name-safe id of an image set (plate and field)."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"{plate}_{field_name}")
@@ -120,8 +126,10 @@ def extract_features(
     log: logging.Logger | None = None,
     reference: str | os.PathLike | None = None,
     limit: int | None = None,
+    rows: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Measure every field of a dataset or predictions zarr and write the per-image feature table.
+    """Measure the fields of a dataset or predictions zarr (all, or its ``rows``: a shard) and write the
+    per-image feature table.
 
     Args:
         dataset_or_predictions: zarr with ``if`` (N, 5, H, W) float16 in [0, 1] (layout.IF_CHANNELS) and
@@ -137,6 +145,8 @@ def extract_features(
         log: logger (default ``cellresdm``).
         reference: zarr whose attributes give the field's resize factor (default: the input).
         limit: measure only the first ``limit`` fields (benchmarks).
+        rows: row positions of the fields to measure (a shard, :mod:`cellresdm.shards`); none at all writes a
+            table of the metadata columns only.
 
     Returns:
         One row per field: :data:`METADATA_COLUMNS` (``Metadata_Seconds``: seconds of the image set, process
@@ -157,10 +167,18 @@ def extract_features(
     if attrs.get("source_shape") and attrs.get("shape"):
         factor = float(attrs["source_shape"][0]) / float(attrs["shape"][0])
         settings = settings.at_pixel_size(settings.segmentation.pixel_size_um * factor)
-    n = len(fields) if limit is None else min(limit, len(fields))
-    if n == 0:
+    selected = np.arange(len(fields)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if limit is not None:
+        selected = selected[:limit]
+    n = len(selected)
+    if n == 0 and rows is None:
         raise CellResDMError(f"{src}: no fields to measure")
-    fields = fields.iloc[:n].reset_index(drop=True)
+    fields = fields.iloc[selected].reset_index(drop=True)
+    if n == 0:
+        log.info("features of %s: the shard has no fields", source)
+        table = pd.DataFrame({c: pd.Series(dtype=_METADATA_DTYPES[c]) for c in METADATA_COLUMNS})
+        write_parquet(table, out)
+        return table
     ids = [_image_id(p, f) for p, f in zip(fields["plate"].astype(str), fields["field"].astype(str), strict=True)]
     if len(set(ids)) != len(ids):
         raise CellResDMError(f"{src}: its field table lists a (plate, field) twice")
@@ -196,7 +214,7 @@ def extract_features(
             def job(k: int) -> pd.DataFrame:
                 idx = chunks[k]
                 chunk_ids = [ids[i] for i in idx]
-                chunk_images = np.asarray(images[int(idx[0]) : int(idx[-1]) + 1])
+                chunk_images = np.stack([np.asarray(images[int(selected[i])]) for i in idx])
                 cp_out, secs = _measure_chunk(runner, work, k, chunk_images, chunk_ids, out.with_suffix(""))
                 if settings.backend == "cp_measure":
                     table = cp_measure_chunk(cp_out, work / f"chunk{k:04d}" / "images", chunk_ids, settings, secs)
@@ -233,5 +251,31 @@ def extract_features(
         table["Metadata_Seconds"].mean() if len(table) else float("nan"),
         empty,
     )
+    write_parquet(table, out)
+    return table
+
+
+def gather_features(shards: Sequence[str | os.PathLike], fields: pd.DataFrame, out: str | os.PathLike) -> pd.DataFrame:
+    """Put one source's shard feature tables together (:mod:`cellresdm.shards`) as :func:`extract_features`
+    writes the whole store in one job: rows in the order of the store's field table ``fields`` (``plate``,
+    ``field``).
+
+    Raises:
+        CellResDMError: the shards hold no field at all, a field is in two shards or in none.
+    """
+    parts = [pd.read_parquet(path) for path in shards]
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        raise CellResDMError(f"{out}: no fields to measure in any of {len(shards)} feature shards")
+    table = _sort_columns(pd.concat(parts, axis=0, ignore_index=True, sort=False))
+    measured = list(zip(table["Metadata_Plate"].astype(str), table["Metadata_Field"].astype(str), strict=True))
+    wanted = list(zip(fields["plate"].astype(str), fields["field"].astype(str), strict=True))
+    if len(set(measured)) != len(measured):
+        raise CellResDMError(f"{out}: a field is in two feature shards")
+    if set(measured) != set(wanted):
+        missing = sorted(set(wanted) - set(measured))[:5]
+        raise CellResDMError(f"{out}: the feature shards do not measure exactly the store's fields (missing {missing})")
+    position = {k: i for i, k in enumerate(measured)}
+    table = table.iloc[[position[k] for k in wanted]].reset_index(drop=True)
     write_parquet(table, out)
     return table
