@@ -375,12 +375,12 @@ def assert_shards_equal_one_job(work: Path, R: ResultsLayout, monkeypatch: pytes
 
 def started_jobs(output: str, rule: str) -> set[str]:
     """Wildcards of the jobs of ``rule`` that a Snakemake run started (its log)."""
-    return set(re.findall(rf"^rule {rule}:\n(?:    .*\n)*?    wildcards: (.*)$", output, re.M))
+    return set(re.findall(rf"^(?:local)?rule {rule}:\n(?:    .*\n)*?    wildcards: (.*)$", output, re.M))
 
 
 def run_until(work: Path, done: list[Path], *targets: str) -> str:
-    """Run Snakemake on ``targets`` one job at a time and kill it (SIGKILL, the whole process group) as soon as
-    any of ``done`` exists; its output."""
+    """Run Snakemake on ``targets`` one job at a time, kill it (SIGKILL, the whole process group) as soon as any
+    of ``done`` exists and unlock the folder; the killed run's output."""
     import os
     import signal
     import time
@@ -396,8 +396,11 @@ def run_until(work: Path, done: list[Path], *targets: str) -> str:
     deadline = time.monotonic() + 600
     while not any(p.exists() for p in done) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    if process.poll() is not None:
+        pytest.fail(f"snakemake ended before it was killed:\n{process.communicate()[0][-3000:]}")
     os.killpg(process.pid, signal.SIGKILL)
     output, _ = process.communicate()
+    snakemake(work, "--unlock")  # what Snakemake asks for after a kill: the lock of the killed run stays behind
     return output
 
 
@@ -416,7 +419,8 @@ def assert_a_killed_run_redoes_only_missing_shards(work: Path, copy: Path) -> No
     predictions = [Path(R.predictions_shard(method, plate, s)) for s in shards]
     features = [Path(R.features_shard(method, plate, s)) for s in shards]
 
-    output = run_until(copy, predictions, R.features(method))
+    target = ResultsLayout().features(method)  # relative to the working directory, as Snakemake wants it
+    output = run_until(copy, predictions, target)
     sampled = [s for s, p in zip(shards, predictions, strict=True) if p.exists()]
     assert 1 <= len(sampled) < len(shards), output[-3000:]
     for path in predictions[0].parent.iterdir():  # complete shard stores only: no temporary sibling survives
@@ -425,14 +429,14 @@ def assert_a_killed_run_redoes_only_missing_shards(work: Path, copy: Path) -> No
             open_predictions(path)
     assert not Path(R.predictions(method)).exists()
 
-    output = run_until(copy, features, R.features(method))
+    output = run_until(copy, features, target)
     resampled = {w.split("shard=")[1] for w in started_jobs(output, "sample_shard")}
     missing = set(shards) - set(sampled)
     assert missing <= resampled and len(resampled - missing) <= 1, (sampled, resampled)
     measured = [s for s, p in zip(shards, features, strict=True) if p.exists()]
     assert 1 <= len(measured) < len(shards), output[-3000:]
 
-    result = snakemake(copy, "--cores", "2", "--rerun-incomplete", R.features(method))
+    result = snakemake(copy, "--cores", "2", "--rerun-incomplete", target)
     output = result.stdout + result.stderr
     assert not started_jobs(output, "sample_shard")
     remeasured = {w.split("shard=")[1] for w in started_jobs(output, "features_shard")}
