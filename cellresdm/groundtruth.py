@@ -31,6 +31,7 @@ from cellresdm.cellprofiler import DEFAULT_CELLPROFILER, CellProfilerRunner, Chu
 from cellresdm.config import settings_values
 from cellresdm.cppipe import make_groundtruth_pipeline
 from cellresdm.errors import CellResDMError, ConfigError
+from cellresdm.illumination import PlateIllumination, plate_illumination, write_corrected
 from cellresdm.io import read_tiff, write_parquet, write_tiff
 from cellresdm.results import field_labels_name
 
@@ -233,13 +234,23 @@ def _check_inputs(chunk: pd.DataFrame) -> None:
 
 
 def _segment_chunk(
-    runner: CellProfilerRunner, work: Path, k: int, chunk: pd.DataFrame, keep_logs: Path
+    runner: CellProfilerRunner,
+    work: Path,
+    k: int,
+    chunk: pd.DataFrame,
+    keep_logs: Path,
+    illum: PlateIllumination | None = None,
 ) -> tuple[Path, dict[str, float]]:
     """Run one chunk; return the folder of its label TIFFs and {field: seconds}.
 
+    With ``illum`` (a corrected plate) CellProfiler reads illumination-corrected copies of the DNA and RNA
+    images written into the chunk's folder (:func:`cellresdm.illumination.write_corrected`): the pipeline is
+    the same for corrected and uncorrected plates, and its input pixels are those of the dataset stage.
     A failed chunk's log is kept at ``keep_logs/cellprofiler_chunk{k:04d}.log``.
     """
     folder = ChunkFolder.create(work, k)
+    if illum is not None:
+        chunk = write_corrected(chunk, illum, ("DNA", "RNA"), folder.root / "corrected")
     _load_csv(chunk).to_csv(folder.data_file, index=False)
     fields = chunk["field"].tolist()
     _check_inputs(chunk)
@@ -307,7 +318,8 @@ def run_cellprofiler(
 
     Args:
         fields: filter table (``field``, ``keep``, and ``Metadata_Plate/Well/Site``).
-        load_data: the plate's load_data table with ``field`` and ``path_{channel}`` (local TIFF paths).
+        load_data: the plate's load_data table with ``field`` and ``path_{channel}`` (local TIFF paths), and
+            ``illum_{channel}`` (its illumination functions) for a corrected plate.
         out_dir: output folder (``groundtruth/{plate}``).
         settings: segmentation settings.
         cellprofiler: CellProfiler executable (a path, or a name looked up on PATH).
@@ -333,6 +345,8 @@ def run_cellprofiler(
         raise CellResDMError(f"workers and chunk_size must be >= 1, got {workers} and {chunk_size}")
     exe = resolve_cellprofiler(cellprofiler)
     kept = _kept_fields(fields, load_data)
+    illum = plate_illumination(load_data)
+    log.info("illumination correction: %s", "on" if illum.corrected else "off (no functions for this plate)")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     if len(kept):
@@ -351,7 +365,7 @@ def run_cellprofiler(
             runner = CellProfilerRunner(exe, pipeline, log, bar)
 
             def segment(k: int) -> tuple[Path, dict[str, float]]:
-                return _segment_chunk(runner, work, k, kept.iloc[chunks[k]], out_dir)
+                return _segment_chunk(runner, work, k, kept.iloc[chunks[k]], out_dir, illum)
 
             def collect(k: int, segmented: tuple[Path, dict[str, float]]) -> None:
                 labels_dir, seconds = segmented
