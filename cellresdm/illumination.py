@@ -79,10 +79,11 @@ def load_function(path: str | Path, shape: tuple[int, int] | None = None) -> np.
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise IlluminationError(f"{path}: an illumination function must be numeric, got dtype {array.dtype}")
     array = array.astype(np.float32)
-    if not np.isfinite(array).all() or (array <= 0).any():
+    bad = ~np.isfinite(array) | (array <= 0)
+    if bad.any():
         raise IlluminationError(
-            f"{path}: an illumination function must be finite and > 0 everywhere (min {np.nanmin(array):g}); "
-            "dividing by it would give infinite or negative intensities"
+            f"{path}: an illumination function must be finite and > 0 everywhere ({int(bad.sum())} of {bad.size} "
+            "values are not); dividing by it would give infinite or negative intensities"
         )
     if shape is not None and tuple(array.shape) != tuple(shape):
         raise IlluminationError(
