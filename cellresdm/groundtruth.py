@@ -67,16 +67,16 @@ class GroundTruthSettings:
     only what spans keys. Sizes are in pixels at :data:`REFERENCE_PIXEL_SIZE_UM` (0.598 um/px) and are scaled
     by ``0.598 / pixel_size_um`` when the pipeline is written.
 
-    Intensities in CellProfiler are counts / 65535, so threshold bounds are fractions of the 16-bit range:
-    0.014 = 917 counts, 0.005 = 328 counts. The reference bounds were tuned on illumination-corrected real
-    images; the ground-truth pipeline reads raw (or synthetic) fields, whose background is ~160-320 counts
-    (0.0024-0.0049) with a p99 of 1.9k-14k counts. The bounds still fit: the nucleus threshold is computed on
-    the background-subtracted DNA image (background ~0), so its lower bound 0.014 only stops noise from
-    being segmented in empty fields; the cell bounds 0.005-0.014 lie between the RNA background and the
-    cytoplasm (~600-1500 counts in the synthetic gallery and in real U2OS/A549 fields), and where the
-    cross-entropy threshold of an uncorrected image falls above the upper bound the bound caps it
-    (README of the reference pipelines). Both pairs of bounds are settings so a plate with brighter
-    background or dimmer stain can move them.
+    Intensities in CellProfiler are counts / 65535, so threshold bounds are fractions of the 16-bit range: 0.014 =
+    917 counts, 0.005 = 328 counts. The reference bounds were tuned on illumination-corrected real images, which is
+    what the ground-truth pipeline reads where the plate has illumination functions (divided by a function >= 1, so
+    a little dimmer than raw); raw fields (plates without functions) have a background of ~160-320 counts
+    (0.0024-0.0049) with a p99 of 1.9k-14k counts. The bounds fit both: the nucleus threshold is computed on the
+    background-subtracted DNA image (background ~0), so its lower bound 0.014 only stops noise from being segmented
+    in empty fields; the cell bounds 0.005-0.014 lie between the RNA background and the cytoplasm (~600-1500 counts
+    in the synthetic gallery and in real U2OS/A549 fields), and where the cross-entropy threshold of an uncorrected
+    image falls above the upper bound the bound caps it (README of the reference pipelines). Both pairs of bounds
+    are settings so a plate with brighter background or dimmer stain can move them.
 
     Attributes:
         pixel_size_um: pixel size of the images.
