@@ -12,7 +12,10 @@ plate's local load_data table (parquet) to an explicit path:
 - every file is downloaded to a hidden ``.part`` temporary and renamed only once its size matches the listing;
 - transient errors (5xx, throttling, resets, timeouts, truncated bodies) are retried with exponential backoff
   and jitter; a key named in load_data.csv but absent from the gallery gets ``path_{ch} = None`` (the filter
-  stage marks the field ``missing``); anything else ends in a :class:`GalleryError` naming the key.
+  stage marks the field ``missing``); anything else ends in a :class:`GalleryError` naming the key;
+- with an ``illum_dir``, the plate's 8 illumination functions (``illum/{plate}/{plate}_Illum{channel}.npy``) are
+  fetched the same way and checked; a plate whose gallery folder lacks any of them is named in a warning and
+  runs uncorrected (the table's ``illum_{channel}`` columns hold the local paths, or None).
 """
 
 from __future__ import annotations

@@ -346,7 +346,7 @@ def run_cellprofiler(
     exe = resolve_cellprofiler(cellprofiler)
     kept = _kept_fields(fields, load_data)
     illum = plate_illumination(load_data)
-    log.info("illumination correction: %s", "on" if illum.corrected else "off (no functions for this plate)")
+    log.info("plate %s: illumination correction %s", illum.plate, "on" if illum.corrected else "off (no functions)")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     if len(kept):
