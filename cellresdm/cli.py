@@ -45,7 +45,13 @@ def _run(args: argparse.Namespace) -> None:
         gallery = dict(config["gallery"])
         if config["source"] == "demo":
             gallery.update(root=results.demo_gallery(), endpoint_url=None)
-        steps.download(args.plate, gallery, results.raw_images(args.plate), results.load_data(args.plate))
+        steps.download(
+            args.plate,
+            gallery,
+            results.raw_images(args.plate),
+            results.load_data(args.plate),
+            illum_dir=results.raw_illum(args.plate),
+        )
     elif args.step == "filter":
         steps.filter_plate(
             args.plate,
@@ -53,6 +59,7 @@ def _run(args: argparse.Namespace) -> None:
             results.fields(args.plate),
             results.platemap(args.plate),
             config["filter"],
+            out_illumination=results.illumination_qc(args.plate),
         )
     elif args.step == "groundtruth":
         shard = whole_plate().name  # one job: the whole plate is one shard

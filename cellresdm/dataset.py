@@ -9,7 +9,10 @@
     fields table                                 plate, cell_line, well, row, col, site, field, index
     norm table                                   the percentile values used per plate (or image) and channel
 
-chunked one field per chunk; the root attributes record the settings. The store is written beside the
+Images are illumination-corrected first where the plate has functions (:mod:`cellresdm.illumination`: divided,
+then uint16 counts again), so percentiles, stored images and the features of real images all describe corrected
+images; the root attribute ``illumination_corrected`` lists those plates. Chunked one field per chunk; the root
+attributes record the settings. The store is written beside the
 target and renamed into place only when complete.
 """
 
@@ -33,6 +36,7 @@ from tqdm.auto import tqdm
 from cellresdm import layout
 from cellresdm.errors import CellResDMError, ConfigError, ImageError
 from cellresdm.filters import histogram_percentiles, uint16_histogram
+from cellresdm.illumination import PlateIllumination, plate_illumination
 from cellresdm.io import read_tiff
 from cellresdm.masks import boundaries_from_labels
 from cellresdm.results import field_labels_name
@@ -82,7 +86,8 @@ class PlateInput:
         plate: plate name (Metadata_Plate).
         cell_line: cell line of the plate (stored in the fields table).
         fields: the filter table of the plate (``fields/{plate}.parquet``); rows with ``keep`` are used.
-        load_data: ``raw/{plate}/load_data.parquet`` (local paths of the 8 channels).
+        load_data: ``raw/{plate}/load_data.parquet`` (local paths of the 8 channels and, for a corrected
+            plate, of their illumination functions: every image is divided by its function before normalising).
         groundtruth_dir: folder with ``{field}_labels.tiff`` of the plate.
     """
 
@@ -160,16 +165,17 @@ def _kept_fields(plates: Sequence[PlateInput]) -> list[_Field]:
     return out
 
 
-def _read_images(f: _Field, shape: tuple[int, int] | None) -> np.ndarray:
-    """(8, H, W) uint16 stack of one field, in _CHANNELS order; ImageError naming the file on problems."""
+def _read_images(f: _Field, shape: tuple[int, int] | None, illum: PlateIllumination | None = None) -> np.ndarray:
+    """(8, H, W) uint16 stack of one field, in _CHANNELS order, divided by the plate's illumination functions
+    when ``illum`` holds them; ImageError naming the file on problems."""
     stack = []
-    for path in f.paths:
+    for channel, path in zip(_CHANNELS, f.paths, strict=True):
         img = read_tiff(path, ndim=2, dtype=np.uint16)
         if shape is None:
             shape = tuple(img.shape)
         elif tuple(img.shape) != tuple(shape):
             raise ImageError(f"{path}: expected shape {tuple(shape)} (as the other fields), got {img.shape}")
-        stack.append(img)
+        stack.append(img if illum is None else illum.apply(channel, img, path))
     return np.stack(stack)
 
 
@@ -245,6 +251,9 @@ def build_dataset(
         raise ConfigError(f"dataset lists a plate twice: {names}")
     out = Path(out)
     fields = _kept_fields(plates)
+    illum = {p.plate: plate_illumination(p.load_data, p.plate) for p in plates}
+    for plate, functions in illum.items():
+        log.info("plate %s: illumination correction %s", plate, "on" if functions.corrected else "off (no functions)")
     n = len(fields)
     t0 = time.perf_counter()
 
@@ -261,7 +270,7 @@ def build_dataset(
         lock = threading.Lock()
 
         def accumulate(f: _Field) -> None:
-            imgs = _read_images(f, src_shape)
+            imgs = _read_images(f, src_shape, illum[f.plate])
             local = np.stack([uint16_histogram(img) for img in imgs])
             with lock:
                 hists[f.plate] += local
@@ -283,7 +292,7 @@ def build_dataset(
         image_stats: dict[int, np.ndarray] = {}
 
         def process(f: _Field) -> None:
-            imgs = _read_images(f, src_shape)
+            imgs = _read_images(f, src_shape, illum[f.plate])
             labels = _read_labels(f, src_shape)
             if norm.scope == "plate":
                 stats = plate_stats[f.plate]
@@ -341,6 +350,7 @@ def build_dataset(
                 "shape": [h, w],
                 "n_fields": n,
                 "plates": names,
+                "illumination_corrected": [p for p in names if illum[p].corrected],
             },
         )
     seconds = time.perf_counter() - t0

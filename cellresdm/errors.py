@@ -15,3 +15,7 @@ class GalleryError(CellResDMError):
 
 class ImageError(CellResDMError):
     """An image file is unreadable, truncated, or has the wrong shape or dtype; the message names the file."""
+
+
+class IlluminationError(ImageError):
+    """An illumination function is missing, unreadable, not positive and finite, or does not fit the images."""

@@ -12,7 +12,10 @@ plate's local load_data table (parquet) to an explicit path:
 - every file is downloaded to a hidden ``.part`` temporary and renamed only once its size matches the listing;
 - transient errors (5xx, throttling, resets, timeouts, truncated bodies) are retried with exponential backoff
   and jitter; a key named in load_data.csv but absent from the gallery gets ``path_{ch} = None`` (the filter
-  stage marks the field ``missing``); anything else ends in a :class:`GalleryError` naming the key.
+  stage marks the field ``missing``); anything else ends in a :class:`GalleryError` naming the key;
+- with an ``illum_dir``, the plate's 8 illumination functions (``illum/{plate}/{plate}_Illum{channel}.npy``) are
+  fetched the same way and checked; a plate whose gallery folder lacks any of them is named in a warning and
+  runs uncorrected (the table's ``illum_{channel}`` columns hold the local paths, or None).
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from cellresdm import layout
-from cellresdm.errors import GalleryError
+from cellresdm.errors import CellResDMError, GalleryError
 from cellresdm.io import atomic_path, write_parquet
-from cellresdm.layout import ALL_CHANNELS, GalleryLayout, path_column
+from cellresdm.layout import ALL_CHANNELS, GalleryLayout, illum_column, path_column
 
 __all__ = [
     "DownloadStats",
@@ -611,6 +614,77 @@ def _select(
     return table.reset_index(drop=True)
 
 
+def _image_shape(path: Path) -> tuple[int, ...]:
+    """Shape of the first page of a TIFF, from its header (no decoding)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return tuple(tif.pages[0].shape)
+
+
+def _download_illumination(
+    fs: fsspec.AbstractFileSystem,
+    base: str,
+    root: str,
+    plate: str,
+    gallery: GalleryLayout,
+    illum_dir: Path,
+    image_shape: tuple[int, ...] | None,
+    retries: int,
+    backoff: float,
+    log: logging.Logger,
+) -> dict[str, str]:
+    """Fetch the plate's 8 illumination functions into ``illum_dir``; channel -> local path, or {} when the
+    gallery lacks any of them (logged: the plate runs uncorrected).
+
+    Resumable like the images (a local file of the listed size is kept). Each function is checked
+    (:func:`cellresdm.illumination.load_function`) against ``image_shape``.
+
+    Raises:
+        GalleryError: a function cannot be fetched, or is unusable (naming its key).
+    """
+    from cellresdm.illumination import load_function
+
+    prefix = gallery.illum_prefix(plate)
+    sizes = _list_sizes(fs, base, root, [prefix], plate, retries, backoff, log)
+    keys = {ch: gallery.illum_key(plate, ch) for ch in ALL_CHANNELS}
+    absent = [key for key in keys.values() if key not in sizes]
+    if absent:
+        if len(absent) == len(keys):
+            log.warning(
+                "plate %s: no illumination functions in the gallery (%s); the plate runs uncorrected",
+                plate,
+                _url(root, base, prefix),
+            )
+        else:
+            log.warning(
+                "plate %s: the gallery lacks %d of the 8 illumination functions (%s); the plate runs uncorrected",
+                plate,
+                len(absent),
+                ", ".join(_url(root, base, k) for k in absent),
+            )
+        return {}
+    illum_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(illum_dir, {k.rsplit("/", 1)[-1] for k in keys.values()}, log)
+    paths: dict[str, str] = {}
+    fetched = 0
+    for channel, key in keys.items():
+        local = illum_dir / key.rsplit("/", 1)[-1]
+        have = local.stat().st_size if local.exists() else None
+        if have != sizes[key]:
+            url = _url(root, base, key)
+            if not _fetch_one(fs, f"{base}/{key}", url, local, sizes[key], retries, backoff, log):
+                raise GalleryError(f"plate {plate}: illumination function {url} vanished during the download")
+            fetched += 1
+        try:
+            load_function(local, image_shape[:2] if image_shape is not None and len(image_shape) >= 2 else None)
+        except CellResDMError as exc:
+            raise GalleryError(f"plate {plate}: unusable illumination function {_url(root, base, key)}: {exc}") from exc
+        paths[channel] = str(local)
+    log.info("plate %s: 8 illumination functions in %s (%d fetched); the plate is corrected", plate, illum_dir, fetched)
+    return paths
+
+
 def download_plate(
     plate: str,
     images_dir: str | os.PathLike,
@@ -626,6 +700,7 @@ def download_plate(
     backoff: float = 0.5,
     progress: bool = True,
     log: logging.Logger | None = None,
+    illum_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Fetch the 8 channels of every field of ``plate`` (or of the wells/sites subset) into ``images_dir``.
 
@@ -646,11 +721,16 @@ def download_plate(
             doubled per retry, with jitter.
         progress: show a tqdm bar (bytes) on stderr.
         log: logger of the summary (defaults to this module's).
+        illum_dir: folder of the plate's illumination functions (``{plate}_Illum{channel}.npy``, fetched from
+            :meth:`GalleryLayout.illum_prefix`); None fetches none (correction off). A plate whose gallery
+            folder lacks any of the 8 functions is named in a warning and runs uncorrected.
 
     Returns:
         The :func:`read_load_data` columns of the selected fields plus ``path_{ch}``: the local path (str) of
         each channel, or None when its key is absent from the gallery (not an error: the filter stage marks
-        the field ``missing``). ``table.attrs['download']`` holds :class:`DownloadStats` as a dict.
+        the field ``missing``), and ``illum_{ch}``: the local path of the channel's illumination function on
+        every row, None on every row of an uncorrected plate (:mod:`cellresdm.illumination`).
+        ``table.attrs['download']`` holds :class:`DownloadStats` as a dict.
 
     Raises:
         GalleryError: plate absent, load_data.csv unusable, no field selected, nothing of the plate in the
@@ -766,6 +846,15 @@ def download_plate(
             str(local_of[k]) if _is_key(k) and local_of.get(k) is not None else None for k in result[key_column(ch)]
         ]
         result[path_column(ch)] = pd.Series(paths, index=result.index, dtype=object)
+    functions: dict[str, str] = {}
+    if illum_dir is None:
+        log.info("plate %s: illumination correction off; the plate runs uncorrected", plate)
+    else:
+        present = [p for p in local_of.values() if p is not None]
+        shape = _image_shape(present[0]) if present else None
+        functions = _download_illumination(fs, base, root, plate, layout, Path(illum_dir), shape, retries, backoff, log)
+    for ch in ALL_CHANNELS:
+        result[illum_column(ch)] = pd.Series([functions.get(ch)] * len(result), index=result.index, dtype=object)
     write_parquet(result, load_data_out)
     result.attrs["download"] = stats.as_dict()
     log.info(

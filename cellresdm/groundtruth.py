@@ -32,6 +32,7 @@ from cellresdm.cellprofiler import DEFAULT_CELLPROFILER, CellProfilerRunner, Chu
 from cellresdm.config import settings_values
 from cellresdm.cppipe import make_groundtruth_pipeline
 from cellresdm.errors import CellResDMError, ConfigError
+from cellresdm.illumination import PlateIllumination, plate_illumination, write_corrected
 from cellresdm.io import read_tiff, write_parquet, write_tiff
 from cellresdm.results import field_labels_name
 
@@ -67,16 +68,16 @@ class GroundTruthSettings:
     only what spans keys. Sizes are in pixels at :data:`REFERENCE_PIXEL_SIZE_UM` (0.598 um/px) and are scaled
     by ``0.598 / pixel_size_um`` when the pipeline is written.
 
-    Intensities in CellProfiler are counts / 65535, so threshold bounds are fractions of the 16-bit range:
-    0.014 = 917 counts, 0.005 = 328 counts. The reference bounds were tuned on illumination-corrected real
-    images; the ground-truth pipeline reads raw (or synthetic) fields, whose background is ~160-320 counts
-    (0.0024-0.0049) with a p99 of 1.9k-14k counts. The bounds still fit: the nucleus threshold is computed on
-    the background-subtracted DNA image (background ~0), so its lower bound 0.014 only stops noise from
-    being segmented in empty fields; the cell bounds 0.005-0.014 lie between the RNA background and the
-    cytoplasm (~600-1500 counts in the synthetic gallery and in real U2OS/A549 fields), and where the
-    cross-entropy threshold of an uncorrected image falls above the upper bound the bound caps it
-    (README of the reference pipelines). Both pairs of bounds are settings so a plate with brighter
-    background or dimmer stain can move them.
+    Intensities in CellProfiler are counts / 65535, so threshold bounds are fractions of the 16-bit range: 0.014 =
+    917 counts, 0.005 = 328 counts. The reference bounds were tuned on illumination-corrected real images, which is
+    what the ground-truth pipeline reads where the plate has illumination functions (divided by a function >= 1, so
+    a little dimmer than raw); raw fields (plates without functions) have a background of ~160-320 counts
+    (0.0024-0.0049) with a p99 of 1.9k-14k counts. The bounds fit both: the nucleus threshold is computed on the
+    background-subtracted DNA image (background ~0), so its lower bound 0.014 only stops noise from being segmented
+    in empty fields; the cell bounds 0.005-0.014 lie between the RNA background and the cytoplasm (~600-1500 counts
+    in the synthetic gallery and in real U2OS/A549 fields), and where the cross-entropy threshold of an uncorrected
+    image falls above the upper bound the bound caps it (README of the reference pipelines). Both pairs of bounds
+    are settings so a plate with brighter background or dimmer stain can move them.
 
     Attributes:
         pixel_size_um: pixel size of the images.
@@ -234,13 +235,23 @@ def _check_inputs(chunk: pd.DataFrame) -> None:
 
 
 def _segment_chunk(
-    runner: CellProfilerRunner, work: Path, k: int, chunk: pd.DataFrame, keep_logs: Path
+    runner: CellProfilerRunner,
+    work: Path,
+    k: int,
+    chunk: pd.DataFrame,
+    keep_logs: Path,
+    illum: PlateIllumination | None = None,
 ) -> tuple[Path, dict[str, float]]:
     """Run one chunk; return the folder of its label TIFFs and {field: seconds}.
 
+    With ``illum`` (a corrected plate) CellProfiler reads illumination-corrected copies of the DNA and RNA
+    images written into the chunk's folder (:func:`cellresdm.illumination.write_corrected`): the pipeline is
+    the same for corrected and uncorrected plates, and its input pixels are those of the dataset stage.
     A failed chunk's log is kept at ``keep_logs/cellprofiler_chunk{k:04d}.log``.
     """
     folder = ChunkFolder.create(work, k)
+    if illum is not None:
+        chunk = write_corrected(chunk, illum, ("DNA", "RNA"), folder.root / "corrected")
     _load_csv(chunk).to_csv(folder.data_file, index=False)
     fields = chunk["field"].tolist()
     _check_inputs(chunk)
@@ -310,7 +321,8 @@ def run_cellprofiler(
 
     Args:
         fields: filter table (``field``, ``keep``, and ``Metadata_Plate/Well/Site``).
-        load_data: the plate's load_data table with ``field`` and ``path_{channel}`` (local TIFF paths).
+        load_data: the plate's load_data table with ``field`` and ``path_{channel}`` (local TIFF paths), and
+            ``illum_{channel}`` (its illumination functions) for a corrected plate.
         out_dir: output folder (``groundtruth/{plate}``).
         settings: segmentation settings.
         cellprofiler: CellProfiler executable (a path, or a name looked up on PATH).
@@ -337,6 +349,8 @@ def run_cellprofiler(
         raise CellResDMError(f"workers and chunk_size must be >= 1, got {workers} and {chunk_size}")
     exe = resolve_cellprofiler(cellprofiler)
     kept = _kept_fields(fields, load_data)
+    illum = plate_illumination(load_data)
+    log.info("plate %s: illumination correction %s", illum.plate, "on" if illum.corrected else "off (no functions)")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     if len(kept):
@@ -355,7 +369,7 @@ def run_cellprofiler(
             runner = CellProfilerRunner(exe, pipeline, log, bar)
 
             def segment(k: int) -> tuple[Path, dict[str, float]]:
-                return _segment_chunk(runner, work, k, kept.iloc[chunks[k]], out_dir)
+                return _segment_chunk(runner, work, k, kept.iloc[chunks[k]], out_dir, illum)
 
             def collect(k: int, segmented: tuple[Path, dict[str, float]]) -> None:
                 labels_dir, seconds = segmented

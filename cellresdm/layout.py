@@ -59,6 +59,18 @@ def path_column(channel: str) -> str:
     return f"path_{channel}"
 
 
+def illum_column(channel: str) -> str:
+    """Column of ``raw/{plate}/load_data.parquet`` holding the local path of ``channel``'s illumination function
+    (the same on every row of a plate; None where the plate runs uncorrected), like CellProfiler's LoadData
+    ``FileName_Illum{channel}``."""
+    return f"illum_{channel}"
+
+
+def illum_filename(plate: str, channel: str) -> str:
+    """Gallery file name of a plate's illumination function: ``BR00116991_IllumDNA.npy``."""
+    return f"{plate}_Illum{channel}.npy"
+
+
 def well_name(row: int, col: int) -> str:
     """1-based row and column to a well name: (1, 1) -> ``A01``."""
     return f"{chr(ord('A') + row - 1)}{col:02d}"
@@ -99,8 +111,12 @@ class GalleryLayout:
     def load_data_key(self, plate: str) -> str:
         return f"{self.project}/{self.source}/workspace/load_data_csv/{self.batch}/{plate}/load_data.csv"
 
+    def illum_prefix(self, plate: str) -> str:
+        """Folder of the plate's illumination functions (one ``.npy`` per channel; divide the image by it)."""
+        return f"{self.project}/{self.source}/images/{self.batch}/illum/{plate}"
+
     def illum_key(self, plate: str, channel: str) -> str:
-        return f"{self.project}/{self.source}/images/{self.batch}/illum/{plate}/{plate}_Illum{channel}.npy"
+        return f"{self.illum_prefix(plate)}/{illum_filename(plate, channel)}"
 
 
 def s3_url(key: str, bucket: str = BUCKET) -> str:

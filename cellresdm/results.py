@@ -89,12 +89,22 @@ OUTPUTS: tuple[Output, ...] = (
         "the plate's image files under their gallery names, checked against the bucket listing",
     ),
     Output(
+        "raw_illum",
+        "raw/{plate}/illum",
+        "download",
+        "download",
+        "cellresdm.gallery.download_plate",
+        "the plate's illumination functions `{plate}_Illum{channel}.npy` (H x W float, divide), when the gallery "
+        "has all 8 and `gallery.illumination` is on",
+    ),
+    Output(
         "load_data",
         "raw/{plate}/load_data.parquet",
         "download",
         "download",
         "cellresdm.gallery.download_plate",
-        "one row per field: Metadata_* columns and `path_{channel}` (local path) of the 8 channels",
+        "one row per field: Metadata_* columns, `path_{channel}` (local path) of the 8 channels and "
+        "`illum_{channel}` (local path of its illumination function; None on every row of an uncorrected plate)",
     ),
     Output(
         "fields",
@@ -111,6 +121,15 @@ OUTPUTS: tuple[Output, ...] = (
         "filter_fields",
         "cellresdm.filters.plot_plate_map",
         "plate map of kept and dropped fields, coloured by reason",
+    ),
+    Output(
+        "illumination_qc",
+        "fields/{plate}_illumination.csv",
+        "filter",
+        "filter_fields",
+        "cellresdm.illumination.falloff_qc",
+        "illumination fall-off per channel: mean intensity of the field corners over the centre, pooled over kept "
+        "fields, raw and illumination-corrected",
     ),
     Output(
         "groundtruth_dir",
@@ -495,6 +514,9 @@ class ResultsLayout:
     def raw_images(self, plate: str) -> str:
         return self.path("raw_images", plate=plate)
 
+    def raw_illum(self, plate: str) -> str:
+        return self.path("raw_illum", plate=plate)
+
     def load_data(self, plate: str) -> str:
         return self.path("load_data", plate=plate)
 
@@ -503,6 +525,9 @@ class ResultsLayout:
 
     def platemap(self, plate: str) -> str:
         return self.path("platemap", plate=plate)
+
+    def illumination_qc(self, plate: str) -> str:
+        return self.path("illumination_qc", plate=plate)
 
     def groundtruth_dir(self, plate: str) -> str:
         return self.path("groundtruth_dir", plate=plate)

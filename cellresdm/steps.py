@@ -52,10 +52,16 @@ def synth_plate(plate: str, cell_line: str, demo: dict[str, Any], gallery_root: 
 
 
 def download(
-    plate: str, gallery: dict[str, Any], images_dir: str, load_data_out: str, progress: bool = True
+    plate: str,
+    gallery: dict[str, Any],
+    images_dir: str,
+    load_data_out: str,
+    progress: bool = True,
+    illum_dir: str | None = None,
 ) -> pd.DataFrame:
     """Fetch one plate (config section ``gallery``): image files into ``images_dir``, the table to
-    ``load_data_out``."""
+    ``load_data_out``, and, with ``gallery.illumination`` on, its illumination functions into ``illum_dir``
+    (None fetches none)."""
     from cellresdm.gallery import download_plate
 
     return download_plate(
@@ -72,22 +78,34 @@ def download(
         retries=gallery["retries"],
         progress=progress,
         log=log,
+        illum_dir=illum_dir if gallery["illumination"] else None,
     )
 
 
 def filter_plate(
-    plate: str, load_data: str, out_table: str, out_platemap: str, settings: dict[str, Any], workers: int = 2
+    plate: str,
+    load_data: str,
+    out_table: str,
+    out_platemap: str,
+    settings: dict[str, Any],
+    workers: int = 2,
+    out_illumination: str | None = None,
 ) -> pd.DataFrame:
-    """Filter table and plate map of one plate (config section ``filter``)."""
+    """Filter table and plate map of one plate (config section ``filter``), and with ``out_illumination`` the
+    plate's illumination QC (:func:`cellresdm.illumination.falloff_qc`, CSV)."""
     from cellresdm.filters import FilterSettings, filter_fields, plot_plate_map
+    from cellresdm.illumination import falloff_qc, plate_illumination
 
-    table = filter_fields(
-        pd.read_parquet(load_data), FilterSettings.from_config(settings, workers=workers), log=log, plate=plate
-    )
+    ld = pd.read_parquet(load_data)
+    table = filter_fields(ld, FilterSettings.from_config(settings, workers=workers), log=log, plate=plate)
     counts = table["reason"].replace("", "kept").value_counts().to_dict()
     log.info("plate %s: %d fields, %s", plate, len(table), counts)
     io.write_parquet(table, out_table)
     plot_plate_map(table, out_platemap, plate)
+    if out_illumination is not None:
+        qc = falloff_qc(ld, table, plate_illumination(ld, plate), log=log)
+        with io.atomic_path(out_illumination) as tmp:
+            qc.to_csv(tmp, index=False)
     return table
 
 

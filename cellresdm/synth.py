@@ -5,7 +5,9 @@ A local folder mirrors the bucket root, so the downloader, filters and dataset b
 - ``{root}/{GalleryLayout().images_key(plate_dir)}/rRRcCCfFFp01-chKsk1fk1fl1.tiff``: uint16, LZW,
   ``field_size`` x ``field_size``, all 8 channels of every present field;
 - ``{root}/{GalleryLayout().load_data_key(plate)}``: load_data.csv with ``URL_Orig{channel}`` s3:// URLs
-  and ``Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Row, Metadata_Col``.
+  and ``Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Row, Metadata_Col``;
+- ``{root}/{GalleryLayout().illum_key(plate, channel)}``: the plate's illumination function of every channel,
+  (H, W) float32 >= 1 matching the camera model's fall-off (:func:`illumination_functions`): divide to correct.
 
 Beside the gallery (never inside it) the generator's truth is written:
 
@@ -43,7 +45,7 @@ from skimage.measure import label as connected_label
 from skimage.segmentation import find_boundaries
 
 from cellresdm import layout
-from cellresdm.io import write_text, write_tiff
+from cellresdm.io import atomic_path, write_text, write_tiff
 from cellresdm.results import field_labels_name
 
 #: Pixel size of the CPJUMP1 fields (um per pixel, 20x).
@@ -554,6 +556,35 @@ def make_field(
     return {name: channels[name] for name in layout.ALL_CHANNELS}, labels
 
 
+def illumination_functions(optics: Optics, field_size: int, means: dict[str, float]) -> dict[str, np.ndarray]:
+    """The plate's illumination functions, as CorrectIlluminationCalculate would find them from its images.
+
+    CellProfiler averages all images of the plate, smooths the average and rescales it by its robust minimum
+    (cpg0000: "Regular", median filter, "Rescale: Yes"). The average image of this camera model is known in
+    closed form: ``offset + a * vignette(x)``, with ``a`` set so that its mean is the plate's measured mean
+    intensity ``means[channel]`` (counts, over every field and pixel). Rescaled by
+    :func:`cellresdm.illumination.rescale_robust_minimum`: 1 at the corners, up to ``1 / (1 - fall-off)`` at
+    the vignette centre; dividing a field by it flattens the plate's mean image.
+
+    Returns:
+        {channel: (field_size, field_size) float32} for every name in ``layout.ALL_CHANNELS``.
+    """
+    from cellresdm.illumination import rescale_robust_minimum
+
+    out = {}
+    for channel in layout.ALL_CHANNELS:
+        vignette = _vignette(field_size, optics.vignette[channel], optics.centre).astype(np.float64)
+        offset = optics.offset[channel]
+        amplitude = max((means[channel] - offset) / float(vignette.mean()), 0.0)
+        out[channel] = rescale_robust_minimum(offset + amplitude * vignette)
+    return out
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+
+
 # ----------------------------------------------------------------------------------------------- gallery
 
 
@@ -629,6 +660,7 @@ def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: Sy
     missing = set(config.missing_fields)
 
     rows, wells = [], []
+    sums = dict.fromkeys(layout.ALL_CHANNELS, 0.0)  # sum over fields of each channel's mean intensity
     for well in config.wells:
         row, col = layout.parse_well(well)
         treatment = well_treatment(well, config)
@@ -657,6 +689,7 @@ def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: Sy
                 key = gallery.image_key(plate_dir, layout.image_filename(row, col, site, channel))
                 write_tiff(root / key, images[channel])
                 record[layout.url_column(channel)] = layout.s3_url(key)
+                sums[channel] += float(images[channel].mean())
             record.update(
                 Metadata_Plate=plate.plate, Metadata_Well=well, Metadata_Site=site, Metadata_Row=row, Metadata_Col=col
             )
@@ -665,6 +698,10 @@ def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: Sy
 
     columns = [layout.url_column(c) for c in ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF", "LowZBF")]
     columns += ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Row", "Metadata_Col"]
+    if rows:
+        means = {channel: total / len(rows) for channel, total in sums.items()}
+        for channel, function in illumination_functions(optics, config.field_size, means).items():
+            _write_npy(root / gallery.illum_key(plate.plate, channel), function)
     load_data = root / gallery.load_data_key(plate.plate)
     write_text(truth_dir / WELLS_NAME, pd.DataFrame(wells).to_csv(index=False))
     write_text(load_data, pd.DataFrame(rows, columns=columns).to_csv(index=False))

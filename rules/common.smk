@@ -264,6 +264,7 @@ def report_input(wildcards):
         "models": [RESULTS.model(m) for m in methods],
         "groundtruth": [RESULTS.groundtruth_index(p) for p in PLATES],
         "fields": [RESULTS.fields(p) for p in PLATES],
+        "illumination": [RESULTS.illumination_qc(p) for p in PLATES],
         "table2": RESULTS.table2(),
     }
     if segmentation_sources():

@@ -43,5 +43,6 @@ rule download:
     params:
         gallery=gallery_settings(),
         images_dir=RESULTS.raw_images("{plate}"),
+        illum_dir=RESULTS.raw_illum("{plate}"),
     script:
         "../workflow_scripts/download.py"

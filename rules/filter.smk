@@ -1,4 +1,4 @@
-# Stage 2: every field of a plate with a keep flag and the reason it was dropped.
+# Stage 2: every field of a plate with a keep flag and the reason it was dropped; the plate's illumination QC.
 
 
 rule filter_fields:
@@ -11,6 +11,13 @@ rule filter_fields:
             caption="../report/platemap.rst",
             category="Data",
             subcategory="Field filtering",
+            labels={"plate": "{plate}"},
+        ),
+        illumination=report(
+            RESULTS.illumination_qc("{plate}"),
+            caption="../report/illumination.rst",
+            category="Data",
+            subcategory="Illumination correction",
             labels={"plate": "{plate}"},
         ),
     log:

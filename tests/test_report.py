@@ -361,6 +361,10 @@ def _results_tree(root: Path) -> ReportInputs:
     pd.DataFrame({"object": ["nuclei"], "plate": ["all"], "f1": [0.95], "passed": [True]}).to_csv(
         root / "groundtruth" / "qc_summary.csv", index=False
     )
+    for k, plate in enumerate(PLATES):
+        qc = {"plate": [plate], "channel": ["Brightfield"], "corrected": [True], "n_fields": [3]}
+        qc |= {"corner_to_centre_raw": [0.9613 + k / 1e4], "corner_to_centre_corrected": [1.0007]}
+        pd.DataFrame(qc).to_csv(root / "fields" / f"{plate}_illumination.csv", index=False)
     (root / "features").mkdir()
     pd.DataFrame({"category": ["Intensity"], "pearson_cellresdm": [0.8123]}).to_csv(
         root / "features" / "table2_features.csv", index=False
@@ -383,6 +387,7 @@ def _results_tree(root: Path) -> ReportInputs:
         fields={p: root / "fields" / f"{p}.parquet" for p in PLATES},
         qc_summary=root / "groundtruth" / "qc_summary.csv",
         table2=root / "features" / "table2_features.csv",
+        illumination={p: root / "fields" / f"{p}_illumination.csv" for p in PLATES},
     )
 
 
@@ -436,7 +441,8 @@ def test_write_report_writes_every_file_and_a_self_contained_html(tmp_path):
     assert "not enabled in config methods" in page and "pix2pix" in page  # methods
     assert "edge_well" in page and "black_if" in page  # filtering
     assert "0.95" in page  # QC
-    assert page.count("<table") >= 9
+    assert "Illumination correction" in page and "0.9613" in page and "0.9614" in page  # both plates
+    assert page.count("<table") >= 10
     assert 'src="http' not in page and 'href="http' not in page  # opens offline
     methods = pd.read_csv(out / "methods.csv").set_index("method")
     assert methods.loc["pix2pix", "note"].startswith("no model")

@@ -5,5 +5,9 @@ from cellresdm.steps import download
 
 with step_logging(snakemake.log[0]):
     download(
-        snakemake.wildcards.plate, snakemake.params.gallery, snakemake.params.images_dir, snakemake.output.load_data
+        snakemake.wildcards.plate,
+        snakemake.params.gallery,
+        snakemake.params.images_dir,
+        snakemake.output.load_data,
+        illum_dir=snakemake.params.illum_dir,
     )

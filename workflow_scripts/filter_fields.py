@@ -1,4 +1,4 @@
-"""Snakemake adapter: filter table and plate map of one plate."""
+"""Snakemake adapter: filter table, plate map and illumination QC of one plate."""
 
 from cellresdm.logs import step_logging
 from cellresdm.steps import filter_plate
@@ -11,4 +11,5 @@ with step_logging(snakemake.log[0]):
         snakemake.output.platemap,
         snakemake.params.settings,
         workers=snakemake.threads,
+        out_illumination=snakemake.output.illumination,
     )

@@ -2,11 +2,11 @@
 
 Named inputs (lists in the order of their ``params``): ``dataset``, ``quality``, ``quality_ttests``,
 ``predictions`` / ``sample_benchmarks`` / ``models`` (``params.methods``), ``instances`` (``params.sources``),
-``groundtruth`` / ``fields`` (``params.plates``), optional ``segmentation_summary``, ``segmentation_ttests``,
-``fig6``, ``fig7``, ``qc_summary``, ``table2``. ``params.train_benchmarks`` maps each method to its Snakemake
-training benchmark (not a rule input: benchmarks are written after a job's outputs). ``params.config`` holds the
-config keys the report reads. Named outputs are the report's files; ``segmentation_figures`` holds Figs. 6
-and 7 (or nothing).
+``groundtruth`` / ``fields`` / ``illumination`` (``params.plates``), optional ``segmentation_summary``,
+``segmentation_ttests``, ``fig6``, ``fig7``, ``qc_summary``, ``table2``. ``params.train_benchmarks`` maps each
+method to its Snakemake training benchmark (not a rule input: benchmarks are written after a job's outputs).
+``params.config`` holds the config keys the report reads. Named outputs are the report's files;
+``segmentation_figures`` holds Figs. 6 and 7 (or nothing).
 """
 
 from cellresdm.logs import step_logging
@@ -41,6 +41,7 @@ with step_logging(snakemake.log[0]):
         instances=_by(sources, "instances"),
         groundtruth_indexes=_by(plates, "groundtruth"),
         fields=_by(plates, "fields"),
+        illumination=_by(plates, "illumination"),
         train_benchmarks=dict(snakemake.params.train_benchmarks),
         **{name: _named(snakemake.input, name) for name in optional},
     )

@@ -38,6 +38,9 @@ _CAPTIONS: dict[str, str] = {
     "methods": "Methods: enabled in the config, trained (model.pt), sampled (test predictions); perceptual_loss "
     "says whether the GAN methods trained with the VGG perceptual loss (off when VGG weights were absent).",
     "filtering": "Field filtering per plate: total fields, kept, and dropped per reason.",
+    "illumination": "Illumination correction per plate and channel: mean intensity of the field corners over the "
+    "centre, pooled over kept fields, raw and divided by the plate's illumination functions (1 = even; False in "
+    "corrected: the plate has no functions and runs uncorrected).",
     "qc": "Ground-truth QC (synthetic gallery only): CellProfiler labels against the generator's true labels.",
     "quality_summary": "Image quality: mean per method and channel.",
     "segmentation_summary": "Segmentation scores pooled over test images at the t-test IoU threshold.",

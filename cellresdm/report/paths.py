@@ -31,6 +31,7 @@ class ReportInputs:
         models: method -> its ``model.pt`` (trained when the file exists).
         fields: plate -> its filter table (columns keep, reason).
         qc_summary: ground-truth QC summary (demo only; HTML only).
+        illumination: plate -> its illumination QC CSV (:func:`cellresdm.illumination.falloff_qc`; HTML only).
         table2: the features stage's Table 2 CSV.
     """
 
@@ -50,6 +51,7 @@ class ReportInputs:
     fields: Paths = field(default_factory=dict)
     qc_summary: str | os.PathLike | None = None
     table2: str | os.PathLike | None = None
+    illumination: Paths = field(default_factory=dict)
 
 
 @dataclass

@@ -176,6 +176,10 @@ def write_report(
     fields = _present(inputs.fields, missing, "filter table")
     if "filtering" in wanted:
         table("filtering", "Field filtering", filtering_summary(fields))
+    illumination = _present(inputs.illumination, missing, "illumination QC")
+    if illumination:
+        frames = [read_table(path, f"illumination QC of plate {plate}") for plate, path in illumination.items()]
+        sections.append(table_section("illumination", "Illumination correction", pd.concat(frames, ignore_index=True)))
     if optional(inputs.qc_summary, "ground-truth QC summary (demo)"):
         qc = read_table(inputs.qc_summary, "ground-truth QC summary")
         sections.append(table_section("qc", "Ground-truth QC", qc))
