@@ -8,7 +8,12 @@ from cellresdm import config as cfg
 from cellresdm.filters import is_edge_well
 from cellresdm.layout import N_COLS, N_ROWS, GalleryLayout, parse_well, well_name
 from cellresdm.results import ResultsLayout
-from cellresdm.shards import WellBlock, plate_blocks, sampling_evaluations, shard_runtime
+from cellresdm.shards import (
+    WellBlock,
+    plate_blocks,
+    sampling_evaluations,
+    shard_runtime,
+)
 
 # Fills the schema defaults in place: every key the config files leave out comes from the schema.
 cfg.validate_config(config)
@@ -165,7 +170,9 @@ def groundtruth_runtime(wildcards):
 
 def sample_runtime(wildcards):
     per_step = config["shards"]["seconds_per_field"]["sample_step"]
-    evaluations = sampling_evaluations(config[wildcards.method]) * config["sample"]["n_samples"]
+    evaluations = (
+        sampling_evaluations(config[wildcards.method]) * config["sample"]["n_samples"]
+    )
     return shard_minutes(wildcards, per_step * evaluations)
 
 
