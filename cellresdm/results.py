@@ -205,6 +205,15 @@ OUTPUTS: tuple[Output, ...] = (
         "config, raw and EMA weights of the trained method",
     ),
     Output(
+        "model_export",
+        "models/{method}/{method}.cellresdm.pt",
+        "train",
+        "(cellresdm export)",
+        "cellresdm.export.export_model",
+        "the self-contained model file: EMA weights, method config, input planes, output channels, pixel size, "
+        "normalisation with the training plates' percentiles, package version (cellresdm.export)",
+    ),
+    Output(
         "train_log",
         "models/{method}/train_log.csv",
         "train",
@@ -556,6 +565,9 @@ class ResultsLayout:
 
     def model(self, method: str) -> str:
         return self.path("model", method=method)
+
+    def model_export(self, method: str) -> str:
+        return self.path("model_export", method=method)
 
     def train_log(self, method: str) -> str:
         return self.path("train_log", method=method)
