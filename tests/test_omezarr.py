@@ -189,7 +189,8 @@ def test_image_scope_uses_each_fields_percentiles_and_options_drop_channels(tmp_
 
 def test_to_counts_rounds_and_clips():
     values = np.array([[[0.0, 0.5, 1.0, 1.5, -0.2]]])
-    np.testing.assert_array_equal(to_counts(values, np.array([100.0]), np.array([300.0]))[0, 0], [100, 200, 300, 300, 100])
+    counts = to_counts(values, np.array([100.0]), np.array([300.0]))
+    np.testing.assert_array_equal(counts[0, 0], [100, 200, 300, 300, 100])
     np.testing.assert_array_equal(
         to_counts(np.array([[[0.25]]]), np.array([100.0]), np.array([300.0]), offset=False), [[[50]]]
     )
