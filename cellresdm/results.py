@@ -255,6 +255,16 @@ OUTPUTS: tuple[Output, ...] = (
         "seconds per image, images per second, image size, steps, device, batch",
     ),
     Output(
+        "omezarr",
+        "omezarr/{method}/{plate}.ome.zarr",
+        "sample",
+        "omezarr",
+        "cellresdm.omezarr.write_hcs_plate",
+        "OME-NGFF HCS plate of the method's test predictions of one plate (ome-zarr-py): uint16 DNA, RNA, ER, AGP, "
+        "Mito in real counts, optional BF and *_std channels, 3-level pyramid, nuclei and cells labels "
+        "(`omezarr.enabled`)",
+    ),
+    Output(
         "image_quality",
         "metrics/image_quality.parquet",
         "evaluate",
@@ -583,6 +593,9 @@ class ResultsLayout:
 
     def sample_timing(self, method: str) -> str:
         return self.path("sample_timing", method=method)
+
+    def omezarr(self, method: str, plate: str) -> str:
+        return self.path("omezarr", method=method, plate=plate)
 
     # evaluation
     def image_quality(self) -> str:

@@ -185,3 +185,20 @@ def test_exporting_needs_the_trained_method_and_leaves_nothing_on_error(tmp_path
         export.export_model("unet", model, tmp_path / "absent.zarr", out, NATIVE_UM)
     assert not out.exists() and not list(tmp_path.glob("out/*"))
     assert np.isclose(export.dataset_pixel_size({"source_shape": [1080, 1080], "shape": [512, 512]}, 0.598), 1.2614)
+
+
+def test_the_cli_exports_next_to_the_model(tmp_path, capsys):
+    from cellresdm.cli import main
+    from cellresdm.results import ResultsLayout
+
+    results = ResultsLayout(str(tmp_path / "results"))
+    assert main(["--results", results.root, "export", "unet"]) == 1
+    assert f"{results.model('unet')}: model file is missing" in capsys.readouterr().err
+    _model("unet", Path(results.root))
+    _dataset(Path(results.dataset("train")))
+    assert main(["--results", results.root, "export", "unet"]) == 0
+    assert capsys.readouterr().out.split() == [results.model_export("unet")]
+    assert export.load_exported_model(results.model_export("unet"), method="unet").info["step"] == 7
+    other = tmp_path / "elsewhere" / "m.pt"
+    assert main(["--results", results.root, "export", "unet", "--out", str(other)]) == 0
+    assert export.read_export(other)["method"] == "unet"

@@ -218,3 +218,31 @@ def test_bad_inputs_name_the_plate_or_store_and_leave_nothing(tmp_path):
         write_hcs_plate(out, "P1", other["predictions"], other["dataset"], None, 1.0)
     with pytest.raises(CellResDMError, match="missing"):
         write_hcs_plate(out, "P1", tmp_path / "nothing.zarr", made["dataset"], None, 1.0)
+
+
+def test_the_cli_writes_one_plate_per_test_plate_under_the_results_layout(tmp_path, capsys):
+    import shutil
+
+    from cellresdm.cli import main
+    from cellresdm.results import ResultsLayout
+
+    made = _stores(tmp_path / "made", with_std=False)
+    results = ResultsLayout(str(tmp_path / "results"))
+    common = ["--results", results.root]
+    assert main([*common, "ome-zarr", "unet"]) == 1
+    assert "predictions/unet/test.zarr: prediction store is missing" in capsys.readouterr().err
+    for source, target in [
+        (made["dataset"], results.dataset("test")),
+        (made["predictions"], results.predictions("unet")),
+        (made["instances"], results.instances("unet")),
+    ]:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
+    assert main([*common, "ome-zarr", "unet", "--plate", "P3"]) == 1
+    assert "no predictions of plate(s) P3" in capsys.readouterr().err
+    assert main([*common, "ome-zarr", "unet"]) == 0
+    written = capsys.readouterr().out.split()
+    assert written == [results.omezarr("unet", "P1"), results.omezarr("unet", "P2")]
+    image = _node(Path(results.omezarr("unet", "P2")) / "C" / "05" / "1", Multiscales)
+    assert image.metadata["channel_names"] == [*layout.IF_CHANNELS, *layout.BF_CHANNELS]
+    assert len(image.data) == 3  # the schema's default levels
