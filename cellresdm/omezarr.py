@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
+from zarr.codecs import BloscCodec
 
 from cellresdm import layout
 from cellresdm.errors import CellResDMError
@@ -217,8 +218,14 @@ def write_hcs_plate(
     factors = [2**k for k in range(1, settings.levels)]
     scale = {"c": 1.0, "y": float(pixel_size_um), "x": float(pixel_size_um)}
     units = {"y": "micrometer", "x": "micrometer"}
-    chunks = [{"chunks": (1, max(1, height // f), max(1, width // f))} for f in (1, *factors)]
-    label_chunks = [{"chunks": (max(1, height // f), max(1, width // f))} for f in (1, *factors)]
+    # one chunk per channel and level; blosc zstd with bit shuffling: smaller and faster than zarr's default zstd
+    compressors = [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+    chunks = [
+        {"chunks": (1, max(1, height // f), max(1, width // f)), "compressors": compressors} for f in (1, *factors)
+    ]
+    label_chunks = [
+        {"chunks": (max(1, height // f), max(1, width // f)), "compressors": compressors} for f in (1, *factors)
+    ]
     row_names = [chr(ord("A") + r) for r in range(layout.N_ROWS)]
     col_names = [f"{c:02d}" for c in range(1, layout.N_COLS + 1)]
     for r, c in wells:
