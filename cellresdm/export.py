@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +199,6 @@ def export_model(
     }
     autoencoder = getattr(built, "autoencoder", None)
     if autoencoder is not None:
-        from dataclasses import asdict
-
         content["vqgan"] = {"config": asdict(autoencoder.config)}
     with atomic_path(out) as tmp:
         torch.save(content, tmp)
