@@ -32,6 +32,7 @@ include: "rules/stardist.smk"
 include: "rules/evaluate.smk"
 include: "rules/features.smk"
 include: "rules/report.smk"
+include: "rules/omezarr.smk"
 
 
 rule all:

@@ -83,6 +83,10 @@ def _run(args: argparse.Namespace) -> None:
         if args.method not in config["methods"]:
             raise CellResDMError(f"method {args.method!r} is not enabled in the config's methods {config['methods']}")
         _run_models(args, config, results)
+    elif args.step == "export":
+        _export(args, config, results)
+    elif args.step == "ome-zarr":
+        _ome_zarr(args, config, results)
     elif args.step == "train-vqgan":
         from cellresdm.methods.vqgan import train_vqgan
 
@@ -124,6 +128,43 @@ def _run_models(args: argparse.Namespace, config: dict, results: ResultsLayout) 
         )
 
 
+def _export(args: argparse.Namespace, config: dict, results: ResultsLayout) -> None:
+    """``cellresdm export METHOD [--out FILE]``: the method's self-contained model file (cellresdm.export)."""
+    from cellresdm.export import export_model
+
+    out = export_model(
+        args.method,
+        results.model(args.method),
+        results.dataset("train"),
+        args.out or results.model_export(args.method),
+        config["groundtruth"]["pixel_size_um"],
+    )
+    print(out)
+
+
+def _ome_zarr(args: argparse.Namespace, config: dict, results: ResultsLayout) -> None:
+    """``cellresdm ome-zarr METHOD [--plate P ...]``: one OME-NGFF HCS plate per plate of the method's test
+    predictions (cellresdm.omezarr)."""
+    from cellresdm.export import dataset_pixel_size
+    from cellresdm.omezarr import OmeZarrSettings, plate_names, write_hcs_plate
+    from cellresdm.stores import open_dataset, store_exists
+
+    predictions, dataset = results.predictions(args.method), results.dataset("test")
+    plates = plate_names(predictions)
+    instances = results.instances(args.method)
+    if not store_exists(instances):
+        raise CellResDMError(f"{instances}: instance store is missing (run the segment step of {args.method} first)")
+    unknown = sorted(set(args.plate or ()) - set(plates))
+    if unknown:
+        raise CellResDMError(f"{predictions}: no predictions of plate(s) {', '.join(unknown)} (has {plates})")
+    pixel_size = dataset_pixel_size(open_dataset(dataset, arrays=()).attrs, config["groundtruth"]["pixel_size_um"])
+    settings = OmeZarrSettings.from_config(config["omezarr"], threads=args.threads)
+    for plate in args.plate or plates:
+        out = results.omezarr(args.method, plate)
+        write_hcs_plate(out, plate, predictions, dataset, instances, pixel_size, settings)
+        print(out)
+
+
 def _compare(old: str, new: str) -> None:
     """Print every difference between two results folders; an error when there is one."""
     differences = compare_results(old, new)
@@ -157,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     vqgan.add_argument("--dataset", help="default: the train split's dataset store under --results")
     vqgan.add_argument("--out-dir", help="default: the VQ-GAN's model folder under --results")
     sub.add_parser("sample", help="sample one trained method on the test split").add_argument("method")
+    export = sub.add_parser("export", help="write a trained method's self-contained model file")
+    export.add_argument("method")
+    export.add_argument("--out", help="default: the method's exported model file under --results")
+    omezarr = sub.add_parser("ome-zarr", help="OME-NGFF HCS plates of a method's test predictions")
+    omezarr.add_argument("method")
+    omezarr.add_argument("--plate", action="append", help="only this plate (repeatable; default: every plate)")
+    omezarr.add_argument("--threads", type=int, default=1, help="threads writing the pyramids (default 1)")
     sub.add_parser("dataset", help="zarr dataset of one split").add_argument("split", choices=["train", "val", "test"])
     compare = sub.add_parser("compare", help="compare two results folders (arrays bit-identical, tables equal)")
     compare.add_argument("old")

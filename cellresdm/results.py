@@ -205,6 +205,15 @@ OUTPUTS: tuple[Output, ...] = (
         "config, raw and EMA weights of the trained method",
     ),
     Output(
+        "model_export",
+        "models/{method}/{method}.cellresdm.pt",
+        "train",
+        "(cellresdm export)",
+        "cellresdm.export.export_model",
+        "the self-contained model file: EMA weights, method config, input planes, output channels, pixel size, "
+        "normalisation with the training plates' percentiles, package version (cellresdm.export)",
+    ),
+    Output(
         "train_log",
         "models/{method}/train_log.csv",
         "train",
@@ -244,6 +253,16 @@ OUTPUTS: tuple[Output, ...] = (
         "sample",
         "cellresdm.sample.gather_predictions",
         "seconds per image, images per second, image size, steps, device, batch",
+    ),
+    Output(
+        "omezarr",
+        "omezarr/{method}/{plate}.ome.zarr",
+        "sample",
+        "omezarr",
+        "cellresdm.omezarr.write_hcs_plate",
+        "OME-NGFF HCS plate of the method's test predictions of one plate (ome-zarr-py): uint16 DNA, RNA, ER, AGP, "
+        "Mito in real counts, optional BF and *_std channels, 3-level pyramid, nuclei and cells labels "
+        "(`omezarr.enabled`)",
     ),
     Output(
         "image_quality",
@@ -557,6 +576,9 @@ class ResultsLayout:
     def model(self, method: str) -> str:
         return self.path("model", method=method)
 
+    def model_export(self, method: str) -> str:
+        return self.path("model_export", method=method)
+
     def train_log(self, method: str) -> str:
         return self.path("train_log", method=method)
 
@@ -571,6 +593,9 @@ class ResultsLayout:
 
     def sample_timing(self, method: str) -> str:
         return self.path("sample_timing", method=method)
+
+    def omezarr(self, method: str, plate: str) -> str:
+        return self.path("omezarr", method=method, plate=plate)
 
     # evaluation
     def image_quality(self) -> str:

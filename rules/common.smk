@@ -249,7 +249,15 @@ def all_outputs():
         outputs.append(RESULTS.segmentation_summary())
     if has_model_splits() and config["methods"]:
         outputs.append(RESULTS.report("html"))
+    if has_model_splits() and config["omezarr"]["enabled"]:
+        outputs += omezarr_plates()
     return outputs
+
+
+def omezarr_plates():
+    """The OME-NGFF HCS plate of every method and test plate (rule omezarr)."""
+    test = cfg.plates_in_split(config, "test")
+    return [RESULTS.omezarr(m, p) for m in config["methods"] for p in test]
 
 
 def feature_images(wildcards):

@@ -100,7 +100,13 @@ class CellResDMLatent(Method):
         section = config[name]
         if not section.get("vqgan_checkpoint"):
             raise ConfigError(f"{name}.vqgan_checkpoint is not set: the path of a trained or pretrained VQ-GAN")
-        autoencoder = load_vqgan(section["vqgan_checkpoint"])
+        return cls.from_autoencoder(section, load_vqgan(section["vqgan_checkpoint"]), name=name)
+
+    @classmethod
+    def from_autoencoder(cls, section: dict[str, Any], autoencoder: VQGAN, name: str = SECTION) -> CellResDMLatent:
+        """Build from section ``name``'s ResShift and Swin-UNet keys around an ``autoencoder`` already at hand (an
+        exported model file carries its weights, :mod:`cellresdm.export`); ``vqgan_checkpoint`` is kept as the
+        record of where it came from."""
         latent_channels = len(CHANNEL_GROUPS) * autoencoder.config.embed_dim
         schedule = resshift_schedule(section)
         net = swin_unet_config(section, in_channels=2 * latent_channels, out_channels=latent_channels)
