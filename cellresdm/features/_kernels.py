@@ -1,0 +1,377 @@
+"""numba kernels of the fast feature backend (:mod:`cellresdm.features.fast`): the loops that cannot be
+vectorised with numpy. Every kernel works on all objects of a label image in one call; objects are given as
+runs of pixel indices (``order[starts[k]:starts[k + 1]]`` are the flat indices of object ``k``, ``0 <= k < n``).
+
+Compiled on first use and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: mahotas' 2-D directions (dy, dx) of the co-occurrence matrices, CellProfiler's ``_00`` .. ``_03``.
+DIRECTIONS = np.array([(0, 1), (1, 1), (1, 0), (1, -1)], dtype=np.int64)
+#: Haralick features in mahotas' (and CellProfiler's) order.
+HARALICK = (
+    "AngularSecondMoment",
+    "Contrast",
+    "Correlation",
+    "Variance",
+    "InverseDifferenceMoment",
+    "SumAverage",
+    "SumVariance",
+    "SumEntropy",
+    "Entropy",
+    "DifferenceVariance",
+    "DifferenceEntropy",
+    "InfoMeas1",
+    "InfoMeas2",
+)
+
+
+@numba.njit(cache=True, nogil=True)
+def _xlog2x_sum(p: np.ndarray, n: int) -> float:
+    """-sum p log2 p over the first ``n`` entries (0 log 0 = 0)."""
+    s = 0.0
+    for i in range(n):
+        if p[i] > 0:
+            s -= p[i] * np.log2(p[i])
+    return s
+
+
+@numba.njit(cache=True, nogil=True)
+def haralick(
+    gray: np.ndarray, labels: np.ndarray, order: np.ndarray, starts: np.ndarray, distance: int, ignore_zeros: bool
+) -> np.ndarray:
+    """Haralick features of every object, as mahotas computes them on the object's masked bounding box.
+
+    Args:
+        gray: (H, W) uint8 gray levels.
+        labels: (H, W) int labels; object ``k`` has label ``labels.flat[order[starts[k]]]``.
+        order, starts: the objects' pixel runs (see the module docstring).
+        distance: the co-occurrence offset (CellProfiler's texture scale).
+        ignore_zeros: drop pairs with a zero gray level (per object: True; whole image: False).
+
+    Returns:
+        (n, 4, 13) float64: per object, direction and feature (:data:`HARALICK`); NaN for every direction of
+        an object with no pair in some direction (mahotas raises there, CellProfiler records NaN).
+    """
+    h, w = gray.shape
+    n = len(starts) - 1
+    out = np.full((n, 4, 13), np.nan)
+    cmat = np.zeros((256, 256), dtype=np.int64)
+    touched = np.empty(2 * 65536, dtype=np.int64)
+    px = np.zeros(256)
+    plus = np.zeros(512)
+    minus = np.zeros(256)
+    for k in range(n):
+        a0, a1 = starts[k], starts[k + 1]
+        if a1 == a0:
+            continue
+        lab = labels.flat[order[a0]]
+        maxg = 0
+        for t in range(a0, a1):
+            g = gray.flat[order[t]]
+            if g > maxg:
+                maxg = g
+        maxv = maxg + 1
+        feats = np.empty((4, 13))
+        ok = True
+        for d in range(4):
+            dy = DIRECTIONS[d, 0] * distance
+            dx = DIRECTIONS[d, 1] * distance
+            nt = 0
+            total = 0
+            for t in range(a0, a1):
+                p = order[t]
+                y = p // w
+                x = p - y * w
+                y2 = y + dy
+                x2 = x + dx
+                if y2 < 0 or y2 >= h or x2 < 0 or x2 >= w:
+                    continue
+                if labels[y2, x2] != lab:
+                    continue
+                ga = gray[y, x]
+                gb = gray[y2, x2]
+                if ignore_zeros and (ga == 0 or gb == 0):
+                    continue
+                if cmat[ga, gb] == 0:
+                    touched[nt] = ga * 256 + gb
+                    nt += 1
+                cmat[ga, gb] += 1
+                if cmat[gb, ga] == 0:
+                    touched[nt] = gb * 256 + ga
+                    nt += 1
+                cmat[gb, ga] += 1
+                total += 2
+            if total == 0:
+                ok = False
+                for e in range(nt):
+                    cmat[touched[e] // 256, touched[e] % 256] = 0
+                break
+            tf = float(total)
+            px[:maxv] = 0.0
+            plus[: 2 * maxv] = 0.0
+            minus[:maxv] = 0.0
+            asm = 0.0
+            idm = 0.0
+            sij = 0.0
+            ent = 0.0
+            for e in range(nt):
+                i = touched[e] // 256
+                j = touched[e] % 256
+                p = cmat[i, j] / tf
+                px[i] += p
+                plus[i + j] += p
+                minus[abs(i - j)] += p
+                asm += p * p
+                idm += p / (1.0 + (i - j) * (i - j))
+                sij += i * j * p
+                ent -= p * np.log2(p)
+            ux = 0.0
+            ux2 = 0.0
+            for i in range(maxv):
+                ux += i * px[i]
+                ux2 += i * i * px[i]
+            vx = ux2 - ux * ux
+            sx = np.sqrt(vx) if vx > 0 else (0.0 if vx == 0 else np.nan)
+            contrast = 0.0
+            mmean = 0.0
+            for i in range(maxv):
+                contrast += i * i * minus[i]
+                mmean += minus[i]
+            mmean /= maxv
+            dvar = 0.0
+            for i in range(maxv):
+                dvar += (minus[i] - mmean) ** 2
+            dvar /= maxv
+            savg = 0.0
+            s2 = 0.0
+            for i in range(2 * maxv):
+                savg += i * plus[i]
+                s2 += i * i * plus[i]
+            hx = _xlog2x_sum(px, maxv)
+            hxy1 = 0.0
+            for e in range(nt):
+                i = touched[e] // 256
+                j = touched[e] % 256
+                p = cmat[i, j] / tf
+                cmat[i, j] = 0
+                hxy1 -= p * (np.log2(px[i]) + np.log2(px[j]))
+            feats[d, 0] = asm
+            feats[d, 1] = contrast
+            feats[d, 2] = 1.0 if sx == 0.0 else (sij - ux * ux) / (sx * sx)
+            feats[d, 3] = vx
+            feats[d, 4] = idm
+            feats[d, 5] = savg
+            feats[d, 6] = s2 - savg * savg
+            feats[d, 7] = _xlog2x_sum(plus, 2 * maxv)
+            feats[d, 8] = ent
+            feats[d, 9] = dvar
+            feats[d, 10] = _xlog2x_sum(minus, maxv)
+            # p is symmetric: py = px, HY = HX and HXY2 = HX + HY
+            feats[d, 11] = (ent - hxy1) / hx if hx > 0 else ent - hxy1
+            feats[d, 12] = np.sqrt(max(0.0, 1.0 - np.exp(-2.0 * (2.0 * hx - ent))))
+        if ok:
+            out[k] = feats
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def reconstruct_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grey reconstruction by dilation of ``seed`` under ``mask`` (both (H, W), seed <= mask), 4-connected
+    (skimage.morphology.reconstruction with a disk(1) footprint), by Vincent's hybrid raster/queue algorithm.
+
+    Returns:
+        (H, W) array of ``mask``'s dtype.
+    """
+    h, w = mask.shape
+    rec = np.minimum(seed, mask).astype(mask.dtype)
+    for y in range(h):  # raster scan: the up and left neighbours
+        for x in range(w):
+            v = rec[y, x]
+            if y > 0 and rec[y - 1, x] > v:
+                v = rec[y - 1, x]
+            if x > 0 and rec[y, x - 1] > v:
+                v = rec[y, x - 1]
+            rec[y, x] = min(v, mask[y, x])
+    cap = h * w + 1
+    queue = np.empty(cap, dtype=np.int64)
+    head = 0
+    size = 0
+    for y in range(h - 1, -1, -1):  # anti-raster scan: the down and right neighbours
+        for x in range(w - 1, -1, -1):
+            v = rec[y, x]
+            if y < h - 1 and rec[y + 1, x] > v:
+                v = rec[y + 1, x]
+            if x < w - 1 and rec[y, x + 1] > v:
+                v = rec[y, x + 1]
+            v = min(v, mask[y, x])
+            rec[y, x] = v
+            push = False
+            if y < h - 1 and rec[y + 1, x] < v and rec[y + 1, x] < mask[y + 1, x]:
+                push = True
+            if x < w - 1 and rec[y, x + 1] < v and rec[y, x + 1] < mask[y, x + 1]:
+                push = True
+            if push:
+                queue[(head + size) % cap] = y * w + x
+                size += 1
+    while size > 0:
+        p = queue[head]
+        head = (head + 1) % cap
+        size -= 1
+        y = p // w
+        x = p - y * w
+        v = rec[y, x]
+        for k in range(4):
+            yy = y + (1 if k == 0 else (-1 if k == 1 else 0))
+            xx = x + (1 if k == 2 else (-1 if k == 3 else 0))
+            if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                continue
+            if rec[yy, xx] < v and rec[yy, xx] != mask[yy, xx]:
+                rec[yy, xx] = min(v, mask[yy, xx])
+                if size == cap:  # grow the ring buffer, unrolling it
+                    bigger = np.empty(2 * cap, dtype=np.int64)
+                    for t in range(size):
+                        bigger[t] = queue[(head + t) % cap]
+                    queue = bigger
+                    head = 0
+                    cap = 2 * cap
+                queue[(head + size) % cap] = yy * w + xx
+                size += 1
+    return rec
+
+
+@numba.njit(cache=True, nogil=True)
+def geodesic_distance(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Distance from each object's seed pixel along 8-connected paths inside the object (steps 1 and sqrt 2),
+    as centrosome.propagate gives on a zero image; Dijkstra over all objects at once.
+
+    Args:
+        labels: (H, W) int labels.
+        seeds: (n,) flat indices of the seed pixels (one per object, -1 for none).
+
+    Returns:
+        (H, W) float64 distances; -1 where a pixel is not reached (background, object parts not connected to
+        their seed).
+    """
+    h, w = labels.shape
+    dist = np.full(h * w, np.inf)
+    done = np.zeros(h * w, dtype=np.bool_)
+    heap_d = [0.0]
+    heap_p = [0]
+    heap_d.pop()
+    heap_p.pop()
+    for s in seeds:
+        if s >= 0:
+            dist[s] = 0.0
+            heap_d.append(0.0)
+            heap_p.append(s)
+    # binary heap on two parallel lists
+    n = len(heap_d)
+    for i in range(n // 2 - 1, -1, -1):
+        _sift_down(heap_d, heap_p, i)
+    r2 = np.sqrt(2.0)
+    while len(heap_d) > 0:
+        d = heap_d[0]
+        p = heap_p[0]
+        last_d = heap_d.pop()
+        last_p = heap_p.pop()
+        if len(heap_d) > 0:
+            heap_d[0] = last_d
+            heap_p[0] = last_p
+            _sift_down(heap_d, heap_p, 0)
+        if done[p]:
+            continue
+        done[p] = True
+        y = p // w
+        x = p - y * w
+        lab = labels[y, x]
+        for dy in range(-1, 2):
+            for dx in range(-1, 2):
+                if dy == 0 and dx == 0:
+                    continue
+                yy = y + dy
+                xx = x + dx
+                if yy < 0 or yy >= h or xx < 0 or xx >= w or labels[yy, xx] != lab:
+                    continue
+                q = yy * w + xx
+                nd = d + (r2 if dy != 0 and dx != 0 else 1.0)
+                if nd < dist[q]:
+                    dist[q] = nd
+                    heap_d.append(nd)
+                    heap_p.append(q)
+                    _sift_up(heap_d, heap_p, len(heap_d) - 1)
+    out = np.full(h * w, -1.0)
+    for p in range(h * w):
+        if done[p]:
+            out[p] = dist[p]
+    return out.reshape(h, w)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_up(hd, hp, i):
+    while i > 0:
+        parent = (i - 1) // 2
+        if hd[parent] <= hd[i]:
+            break
+        hd[parent], hd[i] = hd[i], hd[parent]
+        hp[parent], hp[i] = hp[i], hp[parent]
+        i = parent
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_down(hd, hp, i):
+    n = len(hd)
+    while True:
+        a = 2 * i + 1
+        if a >= n:
+            break
+        b = a + 1
+        c = b if b < n and hd[b] < hd[a] else a
+        if hd[i] <= hd[c]:
+            break
+        hd[c], hd[i] = hd[i], hd[c]
+        hp[c], hp[i] = hp[i], hp[c]
+        i = c
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantile(v: np.ndarray, fraction: float) -> float:
+    """CellProfiler's MeasureObjectIntensity quantile of sorted ``v`` (linear between neighbours)."""
+    n = len(v)
+    q = n * fraction
+    qi = int(np.floor(q))
+    qf = q - qi
+    if qi < n - 1:
+        return v[qi] * (1 - qf) + v[qi + 1] * qf
+    return v[qi]
+
+
+@numba.njit(cache=True, nogil=True)
+def object_quantiles(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per object lower quartile, median, upper quartile and MAD of its pixel values, as
+    CellProfiler's MeasureObjectIntensity computes them.
+
+    Args:
+        values: (P,) pixel values grouped by object (object ``k``: ``values[starts[k]:starts[k + 1]]``).
+        starts: (n + 1,) run starts.
+
+    Returns:
+        (n, 4) float64 (0 for an empty object).
+    """
+    n = len(starts) - 1
+    out = np.zeros((n, 4))
+    for k in range(n):
+        a0, a1 = starts[k], starts[k + 1]
+        if a1 == a0:
+            continue
+        v = np.sort(values[a0:a1])
+        med = _quantile(v, 0.5)
+        out[k, 0] = _quantile(v, 0.25)
+        out[k, 1] = med
+        out[k, 2] = _quantile(v, 0.75)
+        out[k, 3] = _quantile(np.sort(np.abs(v - med)), 0.5)
+    return out
