@@ -60,7 +60,7 @@ def haralick(
     h, w = gray.shape
     n = len(starts) - 1
     out = np.full((n, 4, 13), np.nan)
-    cmat = np.zeros((256, 256), dtype=np.int64)
+    cmat = np.zeros((256, 256), dtype=np.int32)
     touched = np.empty(2 * 65536, dtype=np.int64)
     px = np.zeros(256)
     plus = np.zeros(512)
@@ -374,4 +374,86 @@ def object_quantiles(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
         out[k, 1] = med
         out[k, 2] = _quantile(v, 0.75)
         out[k, 3] = _quantile(np.sort(np.abs(v - med)), 0.5)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def upsampled_sums(
+    obj: np.ndarray, y: np.ndarray, x: np.ndarray, n: int, fy: float, fx: float, small: np.ndarray
+) -> np.ndarray:
+    """Per-object sums of (h, w, L) images ``small`` bilinearly upsampled to the labels' grid (pixel (y, x) reads
+    small at (y * fy, x * fx), as map_coordinates with order=1 samples it).
+
+    Args:
+        obj, y, x: (P,) object index, row and column of each labelled pixel.
+        n: number of objects.
+        fy, fx: the upsampling's coordinate scales.
+        small: (h, w, L) float images.
+
+    Returns:
+        (n, L) float64 sums.
+    """
+    h, w, nl = small.shape
+    out = np.zeros((n, nl))
+    for t in range(len(obj)):
+        yi = y[t] * fy
+        xj = x[t] * fx
+        y0 = int(np.floor(yi))
+        x0 = int(np.floor(xj))
+        wy = yi - y0
+        wx = xj - x0
+        k = obj[t]
+        for dy in range(2):
+            yy = y0 + dy
+            wyy = wy if dy else 1.0 - wy
+            if yy >= h or wyy == 0.0:
+                continue
+            for dx in range(2):
+                xx = x0 + dx
+                wxx = wx if dx else 1.0 - wx
+                if xx >= w or wxx == 0.0:
+                    continue
+                ww = wyy * wxx
+                for level in range(nl):
+                    out[k, level] += ww * small[yy, xx, level]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def zernike_sums(
+    obj: np.ndarray, yy: np.ndarray, xx: np.ndarray, n: int, nm: np.ndarray, coef: np.ndarray
+) -> np.ndarray:
+    """Per-object sums of the Zernike polynomials R_nm(r) e^(i m theta) over pixels at normalised positions
+    (``yy``, ``xx``; the unit disk is the object's enclosing circle; points outside it count 0).
+
+    Args:
+        obj: (P,) object index per pixel; yy, xx: (P,) normalised coordinates.
+        n: number of objects.
+        nm: (K, 2) int (n, m) pairs; coef: (K, C) coefficients of R_nm / r^m as a polynomial in r^2, highest
+            power first (Horner).
+
+    Returns:
+        (n, K) complex128 sums.
+    """
+    nk = nm.shape[0]
+    out = np.zeros((n, nk), dtype=np.complex128)
+    mmax = 0
+    for q in range(nk):
+        mmax = max(mmax, nm[q, 1])
+    zp = np.empty(mmax + 1, dtype=np.complex128)
+    for t in range(len(obj)):
+        r2 = yy[t] * yy[t] + xx[t] * xx[t]
+        if r2 > 1.0:
+            continue
+        z = complex(yy[t], xx[t])
+        zp[0] = 1.0
+        for m in range(1, mmax + 1):
+            zp[m] = zp[m - 1] * z
+        k = obj[t]
+        for q in range(nk):
+            deg = (nm[q, 0] - nm[q, 1]) // 2
+            s = 0.0
+            for c in range(deg + 1):
+                s = s * r2 + coef[q, c]
+            out[k, q] += s * zp[nm[q, 1]]
     return out

@@ -24,6 +24,7 @@ from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.features.columns import METADATA_COLUMNS
 from cellresdm.features.cpmeasure import cp_measure_chunk
 from cellresdm.features.exports import chunk_features
+from cellresdm.features.fast import fast_chunk
 from cellresdm.features.settings import FeatureSettings
 from cellresdm.io import write_parquet
 from cellresdm.stores import open_dataset, open_if_images
@@ -198,8 +199,11 @@ def extract_features(
                 chunk_ids = [ids[i] for i in idx]
                 chunk_images = np.asarray(images[int(idx[0]) : int(idx[-1]) + 1])
                 cp_out, secs = _measure_chunk(runner, work, k, chunk_images, chunk_ids, out.with_suffix(""))
-                if settings.backend == "cp_measure":
-                    table = cp_measure_chunk(cp_out, work / f"chunk{k:04d}" / "images", chunk_ids, settings, secs)
+                pics = work / f"chunk{k:04d}" / "images"
+                if settings.backend == "fast":
+                    table = fast_chunk(cp_out, pics, chunk_ids, settings, secs)
+                elif settings.backend == "cp_measure":
+                    table = cp_measure_chunk(cp_out, pics, chunk_ids, settings, secs)
                 else:
                     table = chunk_features(cp_out, chunk_ids, settings.aggregate)
                 seconds.update(secs)

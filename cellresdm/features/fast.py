@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
-import scipy.sparse
 
 from cellresdm import layout
 from cellresdm.cppipe import COMPARTMENTS, px
@@ -185,27 +184,11 @@ def _sample(img: np.ndarray, new_shape: np.ndarray, step: float) -> np.ndarray:
     return ndi.map_coordinates(img, (i, j), order=1)
 
 
-def _upsample_matrix(o: _Objects, small: tuple[int, int], new_shape: np.ndarray) -> scipy.sparse.csr_matrix:
-    """(n, h*w) bilinear weights: row k times a flattened (h, w) image = the sum over object k of the image
-    upsampled to the labels' shape (MeasureGranularity's map_coordinates back to the original size)."""
-    H, W = o.labels.shape
-    fy = (new_shape[0] - 1) / (H - 1) if H > 1 else 0.0
-    fx = (new_shape[1] - 1) / (W - 1) if W > 1 else 0.0
-    yi, xj = o.y * fy, o.x * fx
-    y0, x0 = np.floor(yi).astype(np.int64), np.floor(xj).astype(np.int64)
-    wy, wx = yi - y0, xj - x0
-    h, w = small
-    rows, cols, vals = [], [], []
-    for dy, wyy in ((0, 1 - wy), (1, wy)):
-        for dx, wxx in ((0, 1 - wx), (1, wx)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy < h) & (xx < w)
-            rows.append(o.obj[inside])
-            cols.append(yy[inside] * w + xx[inside])
-            vals.append((wyy * wxx)[inside])
-    return scipy.sparse.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(o.n, h * w)
-    )
+def _upsample_scale(shape: tuple[int, ...], new_shape: np.ndarray) -> tuple[float, float]:
+    """Coordinate scales of MeasureGranularity's map_coordinates back from the subsampled to the original grid."""
+    fy = float(new_shape[0] - 1) / float(shape[0] - 1) if shape[0] > 1 else 0.0
+    fx = float(new_shape[1] - 1) / float(shape[1] - 1) if shape[1] > 1 else 0.0
+    return fy, fx
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -214,7 +197,7 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def _granularity(
-    img: np.ndarray, objects: Mapping[str, _Objects], up: Mapping[str, scipy.sparse.csr_matrix], s: FeatureSettings
+    img: np.ndarray, objects: Mapping[str, _Objects], up: Mapping[str, tuple[float, float]], s: FeatureSettings
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """MeasureGranularity of one channel: image spectrum and {compartment: (n, range) per-object spectrum}."""
     pix = np.asarray(img, np.float32)
@@ -240,14 +223,14 @@ def _granularity(
     start = max(start, _EPS)
     cross = _disk(1)
     ero = pixels.copy()
-    recs = np.empty((pixels.size, ng), np.float64)
+    recs = np.empty((*pixels.shape, ng), np.float32)
     image: dict[str, float] = {}
     for k in range(ng):
         ero = ndi.grey_erosion(ero, footprint=cross)
         rec = _kernels.reconstruct_dilation(ero, pixels)
         prev, current = current, float(np.mean(rec))
         image[str(k + 1)] = (prev - current) * 100 / start
-        recs[:, k] = rec.ravel()
+        recs[:, :, k] = rec
     per_object: dict[str, np.ndarray] = {}
     flat = np.asarray(img, np.float32).ravel()
     for name, o in objects.items():
@@ -255,7 +238,9 @@ def _granularity(
             per_object[name] = np.zeros((0, ng))
             continue
         area = o.counts.astype(float)
-        means = np.column_stack([o.sum(flat[o.order].astype(float)) / area, (up[name] @ recs) / area[:, None]])
+        fy, fx = up[name]
+        sums = _kernels.upsampled_sums(o.obj, o.y, o.x, o.n, fy, fx, recs)
+        means = np.column_stack([o.sum(flat[o.order].astype(float)) / area, sums / area[:, None]])
         per_object[name] = (means[:, :-1] - means[:, 1:]) * 100 / np.maximum(means[:, :1], _EPS)
     return image, per_object
 
@@ -387,25 +372,17 @@ def _zernike(o: _Objects) -> dict[str, np.ndarray]:
     centers, radii = minimum_enclosing_circle(o.labels, o.ids)
     yy = (o.y - centers[o.obj, 0]) / radii[o.obj]
     xx = (o.x - centers[o.obj, 1]) / radii[o.obj]
-    r2 = xx * xx + yy * yy
-    inside = r2 <= 1
-    z = yy + 1j * xx
-    zpow = {0: np.ones_like(z)}
-    out = {}
+    nm = np.array(_zernike_indexes(), dtype=np.int64)
+    coef = np.zeros((len(nm), 10))
+    for q, (n, m) in enumerate(nm):
+        deg = (n - m) // 2
+        for k in range(deg + 1):  # coefficient of r^(n - 2k), i.e. of (r^2)^(deg - k): Horner position k
+            coef[q, k] = (
+                (-1) ** k * factorial(n - k) / (factorial(k) * factorial((n + m) // 2 - k) * factorial(deg - k))
+            )
+    sums = _kernels.zernike_sums(o.obj, yy, xx, o.n, nm, coef)
     area = np.pi * radii**2
-    for n, m in _zernike_indexes():
-        if m not in zpow:
-            zpow[m] = zpow[m - 1] * z if m - 1 in zpow else z**m
-        # radial polynomial divided by r^m, as a polynomial in r^2
-        poly = np.zeros_like(r2)
-        for k in range((n - m) // 2 + 1):
-            c = (-1) ** k * factorial(n - k) / (factorial(k) * factorial((n + m) // 2 - k) * factorial((n - m) // 2 - k))
-            poly += c * r2 ** ((n - m) // 2 - k)
-        val = np.where(inside, poly, 0.0) * zpow[m]
-        re = np.bincount(o.obj, val.real, minlength=o.n)
-        im = np.bincount(o.obj, val.imag, minlength=o.n)
-        out[f"AreaShape_Zernike_{n}_{m}"] = np.sqrt(re * re + im * im) / area
-    return out
+    return {f"AreaShape_Zernike_{n}_{m}": np.abs(sums[:, q]) / area for q, (n, m) in enumerate(nm)}
 
 
 def _shape(o: _Objects, radii: tuple[np.ndarray, np.ndarray], zernike: bool) -> dict[str, np.ndarray]:
@@ -637,8 +614,7 @@ def measure_field(
         sub = s.granularity_subsample
         shape = imgs.shape[1:]
         new_shape = _resize_shape(shape, sub) if sub < 1 else np.array(shape, float)
-        small = (len(np.arange(0, new_shape[0])), len(np.arange(0, new_shape[1])))
-        up = {obj: _upsample_matrix(o, small, new_shape) for obj, o in present.items()}
+        up = {obj: _upsample_scale(shape, new_shape) for obj in present}
     tick("granularity setup")
     for channel, img in zip(layout.IF_CHANNELS, imgs, strict=True):
         image |= _image_intensity(img, channel)
@@ -665,6 +641,7 @@ def measure_field(
         values = [img.ravel()[o.order] for img in imgs]
         cols[obj] |= _correlation(o, values, s.colocalization_threshold)
         tick("correlation")
+    cols["Cytoplasm"].pop("Location_Center_Z", None)  # IdentifyTertiaryObjects records no Z
     tables = {obj: pd.DataFrame(c) for obj, c in cols.items()}
     return FieldMeasurements(image=image, objects=tables)
 
