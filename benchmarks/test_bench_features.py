@@ -55,3 +55,58 @@ def test_feature_seconds(tmp_path: Path, size: int, backend: str) -> None:
         f"({int(row['Image_Count_Cells'])} cells, {table.shape[1]} columns, {os.cpu_count()} CPUs)"
     )
     assert row["Image_Count_Cells"] > 0
+
+
+_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+import numpy as np
+from cellresdm import config as cfg
+from cellresdm.features import FeatureSettings, extract_features, measure_field
+src, out, backend, exe = sys.argv[1:5]
+settings = FeatureSettings.from_config(cfg.section("features", {"backend": backend}))
+if backend == "fast":  # compile (or load) the numba kernels outside the timed run
+    lab = np.zeros((32, 32), np.int32)
+    lab[4:20, 4:20] = 1
+    measure_field({"Nuclei": lab, "Cells": lab, "Cytoplasm": lab}, np.full((5, 32, 32), 0.5), settings)
+t0 = time.perf_counter()
+table = extract_features(src, "bench", out, settings, exe, progress=False)
+wall = time.perf_counter() - t0
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"wall": wall, "seconds": float(table["Metadata_Seconds"].iloc[0]), "cells":
+    int(table["Image_Count_Cells"].iloc[0]), "columns": table.shape[1], "peak_mib": max(own, kids) / 1024,
+    "own_mib": own / 1024, "children_mib": kids / 1024}))
+"""
+
+
+@pytest.mark.cellprofiler
+def test_fast_vs_cellprofiler_1080(tmp_path: Path) -> None:
+    """One 1080 px field, both backends in one run on the same cores: seconds per field (extract_features wall
+    time: TIFFs, CellProfiler, measurements), peak memory (max RSS of the measuring process and of its
+    CellProfiler child), and the speed ratio."""
+    import json
+    import subprocess
+    import sys
+
+    if not CELLPROFILER.is_file():
+        pytest.skip(f"CellProfiler is not installed at {CELLPROFILER} (run `make setup`)")
+    src = _zarr(tmp_path / "f.zarr", 1080)
+    results = {}
+    for backend in ("fast", "cellprofiler"):
+        run = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(src), str(tmp_path / f"{backend}.parquet"), backend, str(CELLPROFILER)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
+        results[backend] = r = json.loads(run.stdout.strip().splitlines()[-1])
+        print(
+            f"\n[bench] features {backend} 1080x1080: {r['wall']:.1f} s per field ({r['seconds']:.1f} s image set "
+            f"time), peak memory {r['peak_mib']:.0f} MiB (Python {r['own_mib']:.0f}, CellProfiler "
+            f"{r['children_mib']:.0f}), {r['cells']} cells, {r['columns']} columns, {os.cpu_count()} CPUs"
+        )
+    fast, ref = results["fast"], results["cellprofiler"]
+    print(f"[bench] features fast vs cellprofiler: {ref['wall'] / fast['wall']:.1f}x faster per 1080 px field")
+    assert fast["columns"] == ref["columns"] and fast["cells"] == ref["cells"] > 0
