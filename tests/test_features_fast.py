@@ -220,3 +220,12 @@ def test_fast_backend_feature_table(tmp_path: Path, cellprofiler: str) -> None:
     assert row["Image_Count_Cells"] == reference["Image_Count_Cells"].iloc[0] > 0
     for col in ("Cells_Intensity_MeanIntensity_DNA", "Nuclei_AreaShape_Area", "Image_Granularity_2_RNA"):
         np.testing.assert_allclose(row[col], reference[col].iloc[0], rtol=1e-3)
+
+
+def test_measure_field_single_object() -> None:
+    """One object per compartment: neighbour features without neighbours (no error)."""
+    labels, images = _constructed()
+    single = {o: np.where(lab == 1, 1, 0).astype(np.int32) for o, lab in labels.items()}
+    cells = measure_field(single, images, SETTINGS).objects["Cells"]
+    assert len(cells) == 1 and cells["Neighbors_NumberOfNeighbors_Adjacent"].tolist() == [0.0]
+    assert np.isnan(cells["Neighbors_FirstClosestDistance_5"].iloc[0])

@@ -471,9 +471,27 @@ def _neighbors(labels: np.ndarray, obj: str, s: FeatureSettings) -> dict[str, np
         return {}
     fn = get_multimask_measurements()["neighbors"]
     out: dict[str, np.ndarray] = {}
+    n = len(np.unique(labels)) - 1
     for method, d in methods:
+        if n < 2:  # cp_measure fails on a single object; CellProfiler finds no neighbour
+            suffix = "Adjacent" if method == "Adjacent" else str(d)
+            for name in _NEIGHBOR_FEATURES:
+                zero = name in ("NumberOfNeighbors", "PercentTouching")
+                out[f"Neighbors_{name}_{suffix}"] = np.zeros(n) if zero else np.full(n, np.nan)
+            continue
         out |= {k: np.asarray(v, float) for k, v in fn(labels, labels, distance_method=method, distance=d).items()}
     return out
+
+
+_NEIGHBOR_FEATURES = (
+    "NumberOfNeighbors",
+    "PercentTouching",
+    "FirstClosestObjectNumber",
+    "FirstClosestDistance",
+    "SecondClosestObjectNumber",
+    "SecondClosestDistance",
+    "AngleBetweenNeighbors",
+)
 
 
 # ----------------------------------------------------------------------------------------------- field
