@@ -46,6 +46,9 @@ def haralick(
 ) -> np.ndarray:
     """Haralick features of every object, as mahotas computes them on the object's masked bounding box.
 
+    One pass over each object's pixels fills the four directions' co-occurrence counts; each direction's
+    features come from one pass over its non-zero counts (which also clears them).
+
     Args:
         gray: (H, W) uint8 gray levels.
         labels: (H, W) int labels; object ``k`` has label ``labels.flat[order[starts[k]]]``.
@@ -60,76 +63,89 @@ def haralick(
     h, w = gray.shape
     n = len(starts) - 1
     out = np.full((n, 4, 13), np.nan)
-    cmat = np.zeros((256, 256), dtype=np.int32)
-    touched = np.empty(2 * 65536, dtype=np.int64)
+    cmat = np.zeros((4, 256, 256), dtype=np.int32)
+    touched = np.empty((4, 2 * 65536), dtype=np.int32)
+    nt = np.zeros(4, dtype=np.int64)
+    total = np.zeros(4, dtype=np.int64)
+    # c log2 c for small counts (the entropy of counts c / total is log2 total - sum c log2 c / total)
+    ntab = 4096
+    clog = np.zeros(ntab)
+    for c in range(1, ntab):
+        clog[c] = c * np.log2(c)
     px = np.zeros(256)
     plus = np.zeros(512)
     minus = np.zeros(256)
+    feats = np.empty((4, 13))
+    dys = np.empty(4, dtype=np.int64)
+    dxs = np.empty(4, dtype=np.int64)
+    for d in range(4):
+        dys[d] = DIRECTIONS[d, 0] * distance
+        dxs[d] = DIRECTIONS[d, 1] * distance
     for k in range(n):
         a0, a1 = starts[k], starts[k + 1]
         if a1 == a0:
             continue
         lab = labels.flat[order[a0]]
         maxg = 0
+        nt[:] = 0
+        total[:] = 0
         for t in range(a0, a1):
-            g = gray.flat[order[t]]
-            if g > maxg:
-                maxg = g
-        maxv = maxg + 1
-        feats = np.empty((4, 13))
-        ok = True
-        for d in range(4):
-            dy = DIRECTIONS[d, 0] * distance
-            dx = DIRECTIONS[d, 1] * distance
-            nt = 0
-            total = 0
-            for t in range(a0, a1):
-                p = order[t]
-                y = p // w
-                x = p - y * w
-                y2 = y + dy
-                x2 = x + dx
+            p = order[t]
+            y = p // w
+            x = p - y * w
+            ga = gray[y, x]
+            if ga > maxg:
+                maxg = ga
+            if ignore_zeros and ga == 0:
+                continue
+            for d in range(4):
+                y2 = y + dys[d]
+                x2 = x + dxs[d]
                 if y2 < 0 or y2 >= h or x2 < 0 or x2 >= w:
                     continue
                 if labels[y2, x2] != lab:
                     continue
-                ga = gray[y, x]
                 gb = gray[y2, x2]
-                if ignore_zeros and (ga == 0 or gb == 0):
+                if ignore_zeros and gb == 0:
                     continue
-                if cmat[ga, gb] == 0:
-                    touched[nt] = ga * 256 + gb
-                    nt += 1
-                cmat[ga, gb] += 1
-                if cmat[gb, ga] == 0:
-                    touched[nt] = gb * 256 + ga
-                    nt += 1
-                cmat[gb, ga] += 1
-                total += 2
-            if total == 0:
+                if cmat[d, ga, gb] == 0:
+                    touched[d, nt[d]] = ga * 256 + gb
+                    nt[d] += 1
+                cmat[d, ga, gb] += 1
+                if cmat[d, gb, ga] == 0:
+                    touched[d, nt[d]] = gb * 256 + ga
+                    nt[d] += 1
+                cmat[d, gb, ga] += 1
+                total[d] += 2
+        maxv = maxg + 1
+        ok = True
+        for d in range(4):
+            if total[d] == 0:
                 ok = False
-                for e in range(nt):
-                    cmat[touched[e] // 256, touched[e] % 256] = 0
-                break
-            tf = float(total)
+            tf = float(total[d])
             px[:maxv] = 0.0
             plus[: 2 * maxv] = 0.0
             minus[:maxv] = 0.0
             asm = 0.0
             idm = 0.0
             sij = 0.0
-            ent = 0.0
-            for e in range(nt):
-                i = touched[e] // 256
-                j = touched[e] % 256
-                p = cmat[i, j] / tf
+            clogc = 0.0
+            for e in range(nt[d]):
+                i = touched[d, e] >> 8
+                j = touched[d, e] & 255
+                c = cmat[d, i, j]
+                cmat[d, i, j] = 0
+                p = c / tf
                 px[i] += p
                 plus[i + j] += p
                 minus[abs(i - j)] += p
                 asm += p * p
                 idm += p / (1.0 + (i - j) * (i - j))
                 sij += i * j * p
-                ent -= p * np.log2(p)
+                clogc += clog[c] if c < ntab else c * np.log2(c)
+            if not ok:
+                continue
+            ent = np.log2(tf) - clogc / tf
             ux = 0.0
             ux2 = 0.0
             for i in range(maxv):
@@ -153,13 +169,6 @@ def haralick(
                 savg += i * plus[i]
                 s2 += i * i * plus[i]
             hx = _xlog2x_sum(px, maxv)
-            hxy1 = 0.0
-            for e in range(nt):
-                i = touched[e] // 256
-                j = touched[e] % 256
-                p = cmat[i, j] / tf
-                cmat[i, j] = 0
-                hxy1 -= p * (np.log2(px[i]) + np.log2(px[j]))
             feats[d, 0] = asm
             feats[d, 1] = contrast
             feats[d, 2] = 1.0 if sx == 0.0 else (sij - ux * ux) / (sx * sx)
@@ -171,8 +180,8 @@ def haralick(
             feats[d, 8] = ent
             feats[d, 9] = dvar
             feats[d, 10] = _xlog2x_sum(minus, maxv)
-            # p is symmetric: py = px, HY = HX and HXY2 = HX + HY
-            feats[d, 11] = (ent - hxy1) / hx if hx > 0 else ent - hxy1
+            # p is symmetric: py = px, HY = HX, HXY1 = -sum p log2(px py) = HX + HY and HXY2 = HX + HY
+            feats[d, 11] = (ent - 2.0 * hx) / hx if hx > 0 else ent - 2.0 * hx
             feats[d, 12] = np.sqrt(max(0.0, 1.0 - np.exp(-2.0 * (2.0 * hx - ent))))
         if ok:
             out[k] = feats
@@ -180,68 +189,115 @@ def haralick(
 
 
 @numba.njit(cache=True, nogil=True)
-def reconstruct_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Grey reconstruction by dilation of ``seed`` under ``mask`` (both (H, W), seed <= mask), 4-connected
-    (skimage.morphology.reconstruction with a disk(1) footprint), by Vincent's hybrid raster/queue algorithm.
+def _find_root(zpar: np.ndarray, p: int) -> int:
+    r = p
+    while zpar[r] != r:
+        r = zpar[r]
+    while zpar[p] != r:  # path compression
+        nxt = zpar[p]
+        zpar[p] = r
+        p = nxt
+    return r
+
+
+@numba.njit(cache=True, nogil=True)
+def max_tree(image: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The max-tree of ``image`` (H, W), 4-connected (Berger et al. 2007, union-find), like
+    skimage.morphology.max_tree(image, connectivity=1).
+
+    Args:
+        image: (H, W) float.
+        order: (H * W,) flat pixel indices sorting ``image`` ascending (the root first; every pixel after its
+            parent, the traverser).
 
     Returns:
-        (H, W) array of ``mask``'s dtype.
+        (H * W,) int64 parent of each pixel: the canonical pixel of its component, or for a canonical pixel
+        that of the parent component (the root is its own parent).
     """
-    h, w = mask.shape
-    rec = np.minimum(seed, mask).astype(mask.dtype)
-    for y in range(h):  # raster scan: the up and left neighbours
-        for x in range(w):
-            v = rec[y, x]
-            if y > 0 and rec[y - 1, x] > v:
-                v = rec[y - 1, x]
-            if x > 0 and rec[y, x - 1] > v:
-                v = rec[y, x - 1]
-            rec[y, x] = min(v, mask[y, x])
-    cap = h * w + 1
-    queue = np.empty(cap, dtype=np.int64)
-    head = 0
-    size = 0
-    for y in range(h - 1, -1, -1):  # anti-raster scan: the down and right neighbours
-        for x in range(w - 1, -1, -1):
-            v = rec[y, x]
-            if y < h - 1 and rec[y + 1, x] > v:
-                v = rec[y + 1, x]
-            if x < w - 1 and rec[y, x + 1] > v:
-                v = rec[y, x + 1]
-            v = min(v, mask[y, x])
-            rec[y, x] = v
-            push = False
-            if y < h - 1 and rec[y + 1, x] < v and rec[y + 1, x] < mask[y + 1, x]:
-                push = True
-            if x < w - 1 and rec[y, x + 1] < v and rec[y, x + 1] < mask[y, x + 1]:
-                push = True
-            if push:
-                queue[(head + size) % cap] = y * w + x
-                size += 1
-    while size > 0:
-        p = queue[head]
-        head = (head + 1) % cap
-        size -= 1
+    h, w = image.shape
+    f = image.ravel()
+    n = h * w
+    parent = np.empty(n, np.int64)
+    zpar = np.full(n, -1, np.int64)
+    for i in range(n - 1, -1, -1):  # from the highest value down
+        p = order[i]
+        parent[p] = p
+        zpar[p] = p
         y = p // w
         x = p - y * w
-        v = rec[y, x]
         for k in range(4):
-            yy = y + (1 if k == 0 else (-1 if k == 1 else 0))
-            xx = x + (1 if k == 2 else (-1 if k == 3 else 0))
-            if yy < 0 or yy >= h or xx < 0 or xx >= w:
-                continue
-            if rec[yy, xx] < v and rec[yy, xx] != mask[yy, xx]:
-                rec[yy, xx] = min(v, mask[yy, xx])
-                if size == cap:  # grow the ring buffer, unrolling it
-                    bigger = np.empty(2 * cap, dtype=np.int64)
-                    for t in range(size):
-                        bigger[t] = queue[(head + t) % cap]
-                    queue = bigger
-                    head = 0
-                    cap = 2 * cap
-                queue[(head + size) % cap] = yy * w + xx
-                size += 1
-    return rec
+            if k == 0:
+                if y == 0:
+                    continue
+                q = p - w
+            elif k == 1:
+                if y == h - 1:
+                    continue
+                q = p + w
+            elif k == 2:
+                if x == 0:
+                    continue
+                q = p - 1
+            else:
+                if x == w - 1:
+                    continue
+                q = p + 1
+            if zpar[q] != -1:
+                r = _find_root(zpar, q)
+                if r != p:
+                    parent[r] = p
+                    zpar[r] = p
+    for i in range(n):  # canonical parents
+        p = order[i]
+        q = parent[p]
+        if f[parent[q]] == f[q]:
+            parent[p] = parent[q]
+    return parent
+
+
+@numba.njit(cache=True, nogil=True)
+def reconstruct_levels(parent: np.ndarray, order: np.ndarray, image: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Grey reconstructions by dilation of several seeds under one mask (skimage.morphology.reconstruction with a
+    disk(1) footprint), from the mask's max-tree: the reconstruction at a pixel is the largest
+    min(level, max seed in the component) over the components (of the mask's upper level sets) holding it.
+
+    Args:
+        parent, order: the max-tree of ``image`` (:func:`max_tree`).
+        image: (H, W) the mask.
+        seeds: (H * W, L) seeds, each <= ``image``.
+
+    Returns:
+        (H * W, L) reconstructions, ``seeds``' dtype.
+    """
+    f = image.ravel()
+    n, nl = seeds.shape
+    m = seeds.copy()
+    for i in range(n - 1, 0, -1):  # subtree maxima of the seeds, at the canonical pixels
+        q = order[i]
+        r = parent[q]
+        for k in range(nl):
+            if m[q, k] > m[r, k]:
+                m[r, k] = m[q, k]
+    root = order[0]
+    for k in range(nl):
+        if m[root, k] > f[root]:
+            m[root, k] = f[root]
+    for i in range(1, n):  # from the root up: max over the ancestors of min(level, subtree maximum)
+        q = order[i]
+        r = parent[q]
+        if f[q] == f[r]:  # not canonical: its component's value
+            for k in range(nl):
+                m[q, k] = m[r, k]
+        else:
+            fq = f[q]
+            for k in range(nl):
+                v = m[q, k]
+                if v > fq:
+                    v = fq
+                if v < m[r, k]:
+                    v = m[r, k]
+                m[q, k] = v
+    return m
 
 
 @numba.njit(cache=True, nogil=True)
@@ -456,4 +512,73 @@ def zernike_sums(
             for c in range(deg + 1):
                 s = s * r2 + coef[q, c]
             out[k, q] += s * zp[nm[q, 1]]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def neighbor_counts(
+    labels: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
+    depth: np.ndarray,
+    outline: np.ndarray,
+    near: np.ndarray,
+    touch: np.ndarray,
+) -> np.ndarray:
+    """MeasureObjectNeighbors' counts for every object (neighbours are the objects themselves).
+
+    Args:
+        labels: (H, W) int labels; order, starts: the objects' pixel runs.
+        depth: (P,) per run entry the distance to the nearest pixel outside its object (within the image).
+        outline: (H, W) bool, centrosome's outline (pixels with an 8-neighbour of another label, image border).
+        near: (K, 2) offsets (dy, dx) of the neighbour disk (strel_disk(distance)).
+        touch: (K2, 2) offsets of the touching disk (strel_disk(distance + 0.5)).
+
+    Returns:
+        (n, 3) float64: number of neighbours (other labels within ``near`` of the object), outline pixels with
+        another object within ``touch``, outline pixels.
+    """
+    h, w = labels.shape
+    n = len(starts) - 1
+    out = np.zeros((n, 3))
+    reach = 0.0
+    for e in range(near.shape[0]):
+        reach = max(reach, np.sqrt(near[e, 0] ** 2 + near[e, 1] ** 2))
+    seen = np.full(labels.max() + 1, -1, dtype=np.int64)
+    for k in range(n):
+        a0, a1 = starts[k], starts[k + 1]
+        if a1 == a0:
+            continue
+        lab = labels.flat[order[a0]]
+        count = 0
+        touching = 0
+        perimeter = 0
+        for t in range(a0, a1):
+            p = order[t]
+            y = p // w
+            x = p - y * w
+            if depth[t] <= reach:  # deeper pixels see only their own object within the disk
+                for e in range(near.shape[0]):
+                    yy = y + near[e, 0]
+                    xx = x + near[e, 1]
+                    if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                        continue
+                    q = labels[yy, xx]
+                    if q != 0 and q != lab and seen[q] != k:
+                        seen[q] = k
+                        count += 1
+            if outline[y, x]:
+                perimeter += 1
+                for e in range(touch.shape[0]):
+                    yy = y + touch[e, 0]
+                    xx = x + touch[e, 1]
+                    if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                        continue
+                    q = labels[yy, xx]
+                    if q != 0 and q != lab:
+                        touching += 1
+                        break
+        out[k, 0] = count
+        out[k, 1] = touching
+        out[k, 2] = perimeter
     return out

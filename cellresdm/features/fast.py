@@ -222,15 +222,21 @@ def _granularity(
     current = start
     start = max(start, _EPS)
     cross = _disk(1)
-    ero = pixels.copy()
-    recs = np.empty((*pixels.shape, ng), np.float32)
-    image: dict[str, float] = {}
+    h, w = pixels.shape
+    seeds = np.empty((h * w, ng), np.float32)
+    ero = pixels
     for k in range(ng):
         ero = ndi.grey_erosion(ero, footprint=cross)
-        rec = _kernels.reconstruct_dilation(ero, pixels)
-        prev, current = current, float(np.mean(rec))
+        seeds[:, k] = ero.ravel()
+    # every reconstruction of the erosions under the same image: one max-tree
+    order = np.argsort(pixels.ravel(), kind="stable")
+    recs = _kernels.reconstruct_levels(_kernels.max_tree(pixels, order), order, pixels, seeds)
+    means = recs.mean(0, dtype=np.float64)
+    image: dict[str, float] = {}
+    for k in range(ng):
+        prev, current = current, float(means[k])
         image[str(k + 1)] = (prev - current) * 100 / start
-        recs[:, :, k] = rec
+    recs = recs.reshape(h, w, ng)
     per_object: dict[str, np.ndarray] = {}
     flat = np.asarray(img, np.float32).ravel()
     for name, o in objects.items():
@@ -457,30 +463,82 @@ def _shape(o: _Objects, radii: tuple[np.ndarray, np.ndarray], zernike: bool) -> 
 # ----------------------------------------------------------------------------------------------- neighbours
 
 
-def _neighbors(labels: np.ndarray, obj: str, s: FeatureSettings) -> dict[str, np.ndarray]:
-    """The pipeline's MeasureObjectNeighbors modules of ``obj`` (cp_measure's implementation of CellProfiler's)."""
-    from cp_measure.bulk import get_multimask_measurements
+def _neighbors(o: _Objects, depth: np.ndarray, obj: str, s: FeatureSettings) -> dict[str, np.ndarray]:
+    """The pipeline's MeasureObjectNeighbors modules of ``obj`` (neighbours are the objects themselves), as
+    CellProfiler computes them: neighbours are other objects within the object dilated by a disk of the
+    distance; touching outline pixels have another object within the distance + 0.5; the closest objects and
+    the angle between them come from the objects' centres.
+
+    Args:
+        o: the objects; depth: (P,) per run entry the distance to the nearest pixel outside its object.
+    """
+    from scipy.spatial import cKDTree
 
     scale = s.segmentation.scale
     if obj == "Cells":
         dist = px(s.neighbor_distance_cells, scale)
-        methods = [("Within a specified distance", dist), ("Adjacent", dist)]
+        methods = [(str(dist), dist), ("Adjacent", 1)]
     elif obj == "Nuclei":
-        methods = [("Within a specified distance", px(s.neighbor_distance_nuclei, scale))]
+        dist = px(s.neighbor_distance_nuclei, scale)
+        methods = [(str(dist), dist)]
     else:
         return {}
-    fn = get_multimask_measurements()["neighbors"]
+    n = o.n
     out: dict[str, np.ndarray] = {}
-    n = len(np.unique(labels)) - 1
-    for method, d in methods:
-        if n < 2:  # cp_measure fails on a single object; CellProfiler finds no neighbour
-            suffix = "Adjacent" if method == "Adjacent" else str(d)
+    if n < 2:  # CellProfiler finds no neighbour
+        for suffix, _ in methods:
             for name in _NEIGHBOR_FEATURES:
                 zero = name in ("NumberOfNeighbors", "PercentTouching")
                 out[f"Neighbors_{name}_{suffix}"] = np.zeros(n) if zero else np.full(n, np.nan)
-            continue
-        out |= {k: np.asarray(v, float) for k, v in fn(labels, labels, distance_method=method, distance=d).items()}
+        return out
+    area = o.counts.astype(float)
+    centers = np.column_stack([o.sum(o.y.astype(float)) / area, o.sum(o.x.astype(float)) / area])
+    k = min(n, 3)
+    _, nearest = cKDTree(centers).query(centers, k=k)
+    first = centers[nearest[:, 1]] - centers
+    first_number = o.ids[nearest[:, 1]].astype(float)
+    if k > 2:
+        second = centers[nearest[:, 2]] - centers
+        second_number = o.ids[nearest[:, 2]].astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dot = (first * second).sum(1) / np.sqrt((first**2).sum(1) * (second**2).sum(1))
+            angle = np.degrees(np.arccos(dot))
+    else:
+        second, second_number, angle = np.zeros_like(first), np.zeros(n), np.zeros(n)
+    lab = o.labels
+    outline = np.zeros(lab.shape, bool)
+    for a, b in (
+        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+        ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+        ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
+    ):
+        differ = lab[a] != lab[b]
+        outline[a] |= differ
+        outline[b] |= differ
+    outline[[0, -1], :] = outline[:, [0, -1]] = True
+    for suffix, d in methods:
+        counts = _kernels.neighbor_counts(lab, o.order, o.starts, depth, outline, _offsets(d), _offsets(d + 0.5))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            percent = counts[:, 1] * 100 / counts[:, 2]
+        out |= {
+            f"Neighbors_NumberOfNeighbors_{suffix}": counts[:, 0],
+            f"Neighbors_FirstClosestObjectNumber_{suffix}": first_number,
+            f"Neighbors_FirstClosestDistance_{suffix}": np.hypot(first[:, 0], first[:, 1]),
+            f"Neighbors_SecondClosestObjectNumber_{suffix}": second_number,
+            f"Neighbors_SecondClosestDistance_{suffix}": np.hypot(second[:, 0], second[:, 1]),
+            f"Neighbors_AngleBetweenNeighbors_{suffix}": angle,
+            f"Neighbors_PercentTouching_{suffix}": percent,
+        }
     return out
+
+
+def _offsets(radius: float) -> np.ndarray:
+    """(K, 2) offsets of centrosome's strel_disk(radius)."""
+    r = int(radius)
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    inside = dy * dy + dx * dx <= radius * radius
+    return np.column_stack([dy[inside], dx[inside]]).astype(np.int64)
 
 
 _NEIGHBOR_FEATURES = (
@@ -624,7 +682,7 @@ def measure_field(
         tick("shape")
         geometry[obj] = (_edges(o), *_radial_geometry(o, d_edge, s.radial_bins)[:2])
         tick("radial geometry")
-        cols[obj] |= _neighbors(o.labels, obj, s)
+        cols[obj] |= _neighbors(o, d_edge, obj, s)
         tick("neighbors")
     present = {obj: o for obj, o in objects.items() if o.n}
     up = {}
