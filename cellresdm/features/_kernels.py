@@ -64,7 +64,7 @@ def haralick(
     n = len(starts) - 1
     out = np.full((n, 4, 13), np.nan)
     cmat = np.zeros((4, 256, 256), dtype=np.int32)
-    touched = np.empty((4, 2 * 65536), dtype=np.int32)
+    touched = np.empty((4, 65536), dtype=np.int32)
     nt = np.zeros(4, dtype=np.int64)
     total = np.zeros(4, dtype=np.int64)
     # c log2 c for small counts (the entropy of counts c / total is log2 total - sum c log2 c / total)
@@ -108,14 +108,12 @@ def haralick(
                 gb = gray[y2, x2]
                 if ignore_zeros and gb == 0:
                     continue
-                if cmat[d, ga, gb] == 0:
-                    touched[d, nt[d]] = ga * 256 + gb
+                lo = min(ga, gb)  # the matrix is symmetric: count each pair once, as (low, high)
+                hi = max(ga, gb)
+                if cmat[d, lo, hi] == 0:
+                    touched[d, nt[d]] = lo * 256 + hi
                     nt[d] += 1
-                cmat[d, ga, gb] += 1
-                if cmat[d, gb, ga] == 0:
-                    touched[d, nt[d]] = gb * 256 + ga
-                    nt[d] += 1
-                cmat[d, gb, ga] += 1
+                cmat[d, lo, hi] += 1
                 total[d] += 2
         maxv = maxg + 1
         ok = True
@@ -135,14 +133,26 @@ def haralick(
                 j = touched[d, e] & 255
                 c = cmat[d, i, j]
                 cmat[d, i, j] = 0
-                p = c / tf
-                px[i] += p
-                plus[i + j] += p
-                minus[abs(i - j)] += p
-                asm += p * p
-                idm += p / (1.0 + (i - j) * (i - j))
-                sij += i * j * p
-                clogc += clog[c] if c < ntab else c * np.log2(c)
+                if i == j:  # a diagonal entry holds both orders of its pairs: 2 c
+                    c2 = 2 * c
+                    p = c2 / tf
+                    px[i] += p
+                    plus[2 * i] += p
+                    minus[0] += p
+                    asm += p * p
+                    idm += p
+                    sij += i * i * p
+                    clogc += clog[c2] if c2 < ntab else c2 * np.log2(c2)
+                else:  # entries (i, j) and (j, i), c each
+                    p = c / tf
+                    px[i] += p
+                    px[j] += p
+                    plus[i + j] += 2.0 * p
+                    minus[j - i] += 2.0 * p
+                    asm += 2.0 * p * p
+                    idm += 2.0 * p / (1.0 + (i - j) * (i - j))
+                    sij += 2.0 * i * j * p
+                    clogc += 2.0 * (clog[c] if c < ntab else c * np.log2(c))
             if not ok:
                 continue
             ent = np.log2(tf) - clogc / tf
@@ -407,13 +417,32 @@ def _quantile(v: np.ndarray, fraction: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def object_quantiles(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def _deviation_at(v: np.ndarray, med: float, split: int, k: int) -> float:
+    """The k-th smallest |v - med| of sorted ``v`` (``split``: the first index with v >= med), by merging the
+    two sorted sequences med - v[split - 1], med - v[split - 2], ... and v[split] - med, ... ."""
+    i = split - 1
+    j = split
+    n = len(v)
+    d = 0.0
+    for _ in range(k + 1):
+        if j >= n or (i >= 0 and med - v[i] <= v[j] - med):
+            d = med - v[i]
+            i -= 1
+        else:
+            d = v[j] - med
+            j += 1
+    return d
+
+
+@numba.njit(cache=True, nogil=True)
+def object_quantiles(values: np.ndarray, starts: np.ndarray, presorted: bool) -> np.ndarray:
     """Per object lower quartile, median, upper quartile and MAD of its pixel values, as
     CellProfiler's MeasureObjectIntensity computes them.
 
     Args:
         values: (P,) pixel values grouped by object (object ``k``: ``values[starts[k]:starts[k + 1]]``).
         starts: (n + 1,) run starts.
+        presorted: every run of ``values`` is sorted already.
 
     Returns:
         (n, 4) float64 (0 for an empty object).
@@ -424,12 +453,21 @@ def object_quantiles(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
         a0, a1 = starts[k], starts[k + 1]
         if a1 == a0:
             continue
-        v = np.sort(values[a0:a1])
+        v = values[a0:a1] if presorted else np.sort(values[a0:a1])
         med = _quantile(v, 0.5)
         out[k, 0] = _quantile(v, 0.25)
         out[k, 1] = med
         out[k, 2] = _quantile(v, 0.75)
-        out[k, 3] = _quantile(np.sort(np.abs(v - med)), 0.5)
+        # the median of the sorted absolute deviations, without sorting them
+        m = len(v)
+        split = np.searchsorted(v, med)
+        q = m * 0.5
+        qi = int(np.floor(q))
+        qf = q - qi
+        if qi < m - 1:
+            out[k, 3] = _deviation_at(v, med, split, qi) * (1 - qf) + _deviation_at(v, med, split, qi + 1) * qf
+        else:
+            out[k, 3] = _deviation_at(v, med, split, qi)
     return out
 
 
@@ -582,3 +620,128 @@ def neighbor_counts(
         out[k, 1] = touching
         out[k, 2] = perimeter
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def colocalization_sums(
+    values: np.ndarray, starts: np.ndarray, ranks: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-object sums of MeasureColocalization for every channel pair (a < b, in order), in one pass per object.
+
+    Args:
+        values: (C, P) pixel values of the objects' runs; starts: (n + 1,) run starts.
+        ranks: (C, P) dense ranks of the values among all the objects' pixels.
+        threshold: the fraction of each object's maximum above which a pixel counts (Manders, RWC, overlap, K).
+
+    Returns:
+        cross: (n, pairs) sum of the products of the deviations from the object means; spread: (n, C) the
+        square roots of the sums of squared deviations; total: (n, C) sums of the values above threshold;
+        both: (n, pairs, 7) over pixels above threshold in both channels, sums of va, vb, va w, vb w, va^2,
+        vb^2, va vb (w the rank weight (R - |rank a - rank b|) / R, R = 1 + the largest rank of the two);
+        any_both: (pairs,) pixels above threshold in both channels, all objects.
+    """
+    nc, npix = values.shape
+    n = len(starts) - 1
+    npairs = nc * (nc - 1) // 2
+    rmax = np.zeros(nc)
+    for c in range(nc):
+        for t in range(npix):
+            if ranks[c, t] > rmax[c]:
+                rmax[c] = ranks[c, t]
+    cross = np.zeros((n, npairs))
+    spread = np.zeros((n, nc))
+    total = np.zeros((n, nc))
+    both = np.zeros((n, npairs, 7))
+    any_both = np.zeros(npairs, dtype=np.int64)
+    mean = np.zeros(nc)
+    thr = np.zeros(nc)
+    dev = np.zeros(nc)
+    above = np.zeros(nc, dtype=np.bool_)
+    for k in range(n):
+        a0, a1 = starts[k], starts[k + 1]
+        if a1 == a0:
+            continue
+        for c in range(nc):
+            s = 0.0
+            m = -np.inf
+            for t in range(a0, a1):
+                v = values[c, t]
+                s += v
+                if v > m:
+                    m = v
+            mean[c] = s / (a1 - a0)
+            thr[c] = threshold * m
+        for t in range(a0, a1):
+            for c in range(nc):
+                v = values[c, t]
+                dev[c] = v - mean[c]
+                spread[k, c] += dev[c] * dev[c]
+                above[c] = v >= thr[c]
+                if above[c]:
+                    total[k, c] += v
+            q = 0
+            for a in range(nc):
+                for b in range(a + 1, nc):
+                    cross[k, q] += dev[a] * dev[b]
+                    if above[a] and above[b]:
+                        va = values[a, t]
+                        vb = values[b, t]
+                        r = max(rmax[a], rmax[b]) + 1.0
+                        wgt = (r - abs(ranks[a, t] - ranks[b, t])) / r
+                        both[k, q, 0] += va
+                        both[k, q, 1] += vb
+                        both[k, q, 2] += va * wgt
+                        both[k, q, 3] += vb * wgt
+                        both[k, q, 4] += va * va
+                        both[k, q, 5] += vb * vb
+                        both[k, q, 6] += va * vb
+                        any_both[q] += 1
+                    q += 1
+        for c in range(nc):
+            spread[k, c] = np.sqrt(spread[k, c])
+    return cross, spread, total, both, any_both
+
+
+@numba.njit(cache=True, nogil=True)
+def erosion_series(image: np.ndarray, levels: int) -> np.ndarray:
+    """``levels`` successive grey erosions of ``image`` (H, W) by the 4-connected cross (ndi.grey_erosion with a
+    disk(1) footprint, mode reflect: a neighbour outside the image is the pixel itself).
+
+    Returns:
+        (H * W, levels) array of ``image``'s dtype: column k is the (k + 1)-th erosion.
+    """
+    h, w = image.shape
+    out = np.empty((h * w, levels), dtype=image.dtype)
+    prev = image.copy()
+    cur = np.empty_like(prev)
+    for k in range(levels):
+        for y in range(h):
+            for x in range(w):
+                v = prev[y, x]
+                if y > 0 and prev[y - 1, x] < v:
+                    v = prev[y - 1, x]
+                if y < h - 1 and prev[y + 1, x] < v:
+                    v = prev[y + 1, x]
+                if x > 0 and prev[y, x - 1] < v:
+                    v = prev[y, x - 1]
+                if x < w - 1 and prev[y, x + 1] < v:
+                    v = prev[y, x + 1]
+                cur[y, x] = v
+                out[y * w + x, k] = v
+        prev, cur = cur, prev
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def uint16_levels(image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``image`` * 65535 as uint16, and whether that is exact (every value a uint16 level / 65535, as
+    CellProfiler reads 16-bit TIFFs)."""
+    flat = image.ravel()
+    out = np.empty(flat.size, dtype=np.uint16)
+    for i in range(flat.size):
+        v = flat[i]
+        u = np.rint(v * 65535.0)
+        if not (u >= 0.0 and u <= 65535.0 and u / 65535.0 == v):
+            return out.reshape(image.shape), False
+        out[i] = np.uint16(u)
+    return out.reshape(image.shape), True

@@ -78,8 +78,17 @@ class _Objects:
 # ----------------------------------------------------------------------------------------------- intensity
 
 
-def _intensity(o: _Objects, edge: _Objects, img: np.ndarray, channel: str) -> dict[str, np.ndarray]:
-    """MeasureObjectIntensity: 15 intensity and 6 location features of every object."""
+def _levels(img: np.ndarray) -> np.ndarray | None:
+    """``img`` * 65535 as uint16 if its values are uint16 levels (as CellProfiler reads 16-bit TIFFs), else None."""
+    u, exact = _kernels.uint16_levels(np.ascontiguousarray(img, np.float64))
+    return u if exact and u.size else None
+
+
+def _intensity(
+    o: _Objects, edge: _Objects, img: np.ndarray, levels: np.ndarray | None, channel: str
+) -> dict[str, np.ndarray]:
+    """MeasureObjectIntensity: 15 intensity and 6 location features of every object (``levels``: :func:`_levels`
+    of ``img``)."""
     v = img.ravel()[o.order]
     area = o.counts.astype(float)
     total = o.sum(v)
@@ -93,7 +102,11 @@ def _intensity(o: _Objects, edge: _Objects, img: np.ndarray, channel: str) -> di
     cm_x, cm_y = o.sum(o.x.astype(float)) / area, o.sum(o.y.astype(float)) / area
     with np.errstate(invalid="ignore", divide="ignore"):
         cmi_x, cmi_y = o.sum(o.x * v) / total, o.sum(o.y * v) / total
-    q = _kernels.object_quantiles(v, o.starts)
+    if levels is not None:  # uint16 levels: one sort of (object, level) keys instead of one sort per object
+        keys = np.sort((o.obj.astype(np.int64) << 16) | levels.ravel()[o.order].astype(np.int64))
+        q = _kernels.object_quantiles((keys & 0xFFFF) / 65535.0, o.starts, True)
+    else:
+        q = _kernels.object_quantiles(v, o.starts, False)
     ev = img.ravel()[edge.order]
     ecount = np.bincount(edge.obj, minlength=o.n).astype(float)
     etotal = np.bincount(edge.obj, ev, minlength=o.n)
@@ -196,6 +209,24 @@ def _disk(radius: int) -> np.ndarray:
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
 
 
+def _disk_filter(img: np.ndarray, selem: np.ndarray, filter1d) -> np.ndarray:
+    """ndi.grey_erosion / grey_dilation of ``img`` by a symmetric disk footprint (mode reflect) as one 1-D minimum
+    or maximum filter per row width of the disk and a minimum or maximum over the disk's rows."""
+    r = selem.shape[0] // 2
+    padded = np.pad(img, r, mode="symmetric")  # numpy's symmetric is ndimage's reflect
+    h, w = img.shape
+    reduce = np.minimum if filter1d is ndi.minimum_filter1d else np.maximum
+    rows: dict[int, np.ndarray] = {}
+    out = None
+    for dy in range(-r, r + 1):
+        half = int(np.flatnonzero(selem[dy + r]).max()) - r
+        if half not in rows:
+            rows[half] = filter1d(padded, 2 * half + 1, axis=1)
+        part = rows[half][r + dy : r + dy + h, r : r + w]
+        out = part.copy() if out is None else reduce(out, part, out=out)
+    return out
+
+
 def _granularity(
     img: np.ndarray, objects: Mapping[str, _Objects], up: Mapping[str, tuple[float, float]], s: FeatureSettings
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -210,7 +241,7 @@ def _granularity(
     else:
         back_shape, bp = new_shape, pixels
     selem = _disk(px(s.granularity_radius, s.segmentation.scale))
-    bp = ndi.grey_dilation(ndi.grey_erosion(bp, footprint=selem), footprint=selem)
+    bp = _disk_filter(_disk_filter(bp, selem, ndi.minimum_filter1d), selem, ndi.maximum_filter1d)
     if back < 1:
         i, j = np.mgrid[0 : new_shape[0], 0 : new_shape[1]].astype(float)
         i *= float(back_shape[0] - 1) / float(new_shape[0] - 1)
@@ -221,13 +252,8 @@ def _granularity(
     start = float(np.mean(pixels))
     current = start
     start = max(start, _EPS)
-    cross = _disk(1)
     h, w = pixels.shape
-    seeds = np.empty((h * w, ng), np.float32)
-    ero = pixels
-    for k in range(ng):
-        ero = ndi.grey_erosion(ero, footprint=cross)
-        seeds[:, k] = ero.ravel()
+    seeds = _kernels.erosion_series(pixels, ng)
     # every reconstruction of the erosions under the same image: one max-tree
     order = np.argsort(pixels.ravel(), kind="stable")
     recs = _kernels.reconstruct_levels(_kernels.max_tree(pixels, order), order, pixels, seeds)
@@ -254,45 +280,48 @@ def _granularity(
 # ----------------------------------------------------------------------------------------------- colocalization
 
 
-def _dense_rank(v: np.ndarray) -> np.ndarray:
+def _dense_rank(v: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
+    """Dense ranks of ``v`` (0 for the smallest value); one histogram for uint16 ``levels`` (of ``v``)."""
+    if levels is not None:
+        rank = np.cumsum(np.bincount(levels, minlength=65536) > 0).astype(np.int32) - 1
+        return rank[levels]
     return np.unique(v, return_inverse=True)[1].reshape(-1)
 
 
-def _correlation(o: _Objects, values: list[np.ndarray], threshold: float) -> dict[str, np.ndarray]:
-    """MeasureColocalization within objects (correlation, Manders, RWC, overlap, K) for every channel pair."""
+def _correlation(
+    o: _Objects, values: np.ndarray, levels: list[np.ndarray | None], threshold: float
+) -> dict[str, np.ndarray]:
+    """MeasureColocalization within objects (correlation, Manders, RWC, overlap, K) for every channel pair
+    (``values``: (C, P) the pixel values of the objects' runs; ``levels``: per channel their uint16 levels or
+    None)."""
     out: dict[str, np.ndarray] = {}
     chans = layout.IF_CHANNELS
-    area = o.counts.astype(float)
-    means = [o.sum(v) / area for v in values]
-    dev = [v - m[o.obj] for v, m in zip(values, means, strict=True)]
-    std = [np.sqrt(o.sum(d * d)) for d in dev]
-    vmax = [np.maximum.reduceat(v, o.starts[:-1]) for v in values]
-    above = [v >= (threshold / 100) * m[o.obj] for v, m in zip(values, vmax, strict=True)]
-    tot = [o.sum_where(v, a) for v, a in zip(values, above, strict=True)]
-    ranks = [_dense_rank(v) for v in values]
+    ranks = np.empty(values.shape, np.int32)
+    for c, (v, u) in enumerate(zip(values, levels, strict=True)):
+        ranks[c] = _dense_rank(v, u)
+    cross, spread, tot, both, any_both = _kernels.colocalization_sums(values, o.starts, ranks, threshold / 100)
+    q = 0
     with np.errstate(invalid="ignore", divide="ignore"):
         for a in range(len(chans)):
             for b in range(a + 1, len(chans)):
                 ca, cb = chans[a], chans[b]
-                va, vb = values[a], values[b]
-                out[f"Correlation_Correlation_{ca}_{cb}"] = o.sum(dev[a] * dev[b]) / (std[a] * std[b])
-                both = above[a] & above[b]
-                if not both.any():
+                out[f"Correlation_Correlation_{ca}_{cb}"] = cross[:, q] / (spread[:, a] * spread[:, b])
+                if not any_both[q]:
                     zero = np.zeros(o.n)
                     for name in ("Manders", "RWC", "K"):
                         out[f"Correlation_{name}_{ca}_{cb}"] = out[f"Correlation_{name}_{cb}_{ca}"] = zero
                     out[f"Correlation_Overlap_{ca}_{cb}"] = zero
+                    q += 1
                     continue
-                out[f"Correlation_Manders_{ca}_{cb}"] = o.sum_where(va, both) / tot[a]
-                out[f"Correlation_Manders_{cb}_{ca}"] = o.sum_where(vb, both) / tot[b]
-                r = max(ranks[a].max(), ranks[b].max()) + 1
-                weight = (r - np.abs(ranks[a] - ranks[b])) / r
-                out[f"Correlation_RWC_{ca}_{cb}"] = o.sum_where(va * weight, both) / tot[a]
-                out[f"Correlation_RWC_{cb}_{ca}"] = o.sum_where(vb * weight, both) / tot[b]
-                fa2, fb2, fab = o.sum_where(va * va, both), o.sum_where(vb * vb, both), o.sum_where(va * vb, both)
+                sa, sb, wa, wb, fa2, fb2, fab = both[:, q].T
+                out[f"Correlation_Manders_{ca}_{cb}"] = sa / tot[:, a]
+                out[f"Correlation_Manders_{cb}_{ca}"] = sb / tot[:, b]
+                out[f"Correlation_RWC_{ca}_{cb}"] = wa / tot[:, a]
+                out[f"Correlation_RWC_{cb}_{ca}"] = wb / tot[:, b]
                 out[f"Correlation_Overlap_{ca}_{cb}"] = fab / np.sqrt(fa2 * fb2)
                 out[f"Correlation_K_{ca}_{cb}"] = fab / fa2
                 out[f"Correlation_K_{cb}_{ca}"] = fab / fb2
+                q += 1
     return out
 
 
@@ -565,53 +594,62 @@ class FieldMeasurements:
     objects: dict[str, pd.DataFrame]
 
 
-def _image_intensity(img: np.ndarray, channel: str) -> dict[str, float]:
-    """MeasureImageIntensity of a whole image."""
-    v = np.asarray(img, np.float64).ravel()
-    v = v[np.isfinite(v)]
-    n = v.size
-    if n == 0:
-        values = dict.fromkeys(("Total", "Mean", "Median", "Std", "MAD", "Max", "Min", "PercentMaximal"), 0.0)
-        values |= {"LowerQuartile": 0.0, "UpperQuartile": 0.0}
+def _image_intensity(img: np.ndarray, levels: np.ndarray | None, channel: str) -> dict[str, float]:
+    """MeasureImageIntensity of a whole image (``levels``: :func:`_levels` of ``img``)."""
+    if levels is not None:  # uint16 levels: everything from one histogram
+        counts = np.bincount(levels.ravel(), minlength=65536)
+        n = int(levels.size)
+        cum = np.cumsum(counts)
+        grey = np.arange(65536, dtype=np.float64)
+        present = np.flatnonzero(counts)
+        mean = float(counts @ grey) / 65535 / n
+
+        def quantile(q: float) -> float:
+            pos = (n - 1) * q
+            lo = int(np.floor(pos))
+            a, b = np.searchsorted(cum, [lo, min(lo + 1, n - 1)], side="right").astype(float)
+            return float(a + (b - a) * (pos - lo)) / 65535
+
+        median = quantile(0.5)
+        dev2 = np.abs(2 * grey - 2 * median * 65535).astype(np.int64)  # half-levels: integers
+        dcum = np.cumsum(np.bincount(dev2, weights=counts))
+        a, b = np.searchsorted(dcum, [(n - 1) // 2, n // 2], side="right")
+        vmax = float(present[-1]) / 65535
+        values = {
+            "Total": float(counts @ grey) / 65535,
+            "Mean": mean,
+            "Median": median,
+            "Std": float(np.sqrt(counts @ (grey / 65535 - mean) ** 2 / n)),
+            "MAD": (a + b) / 2 / 2 / 65535,
+            "Max": vmax,
+            "Min": float(present[0]) / 65535,
+            "PercentMaximal": 100.0 * float(counts[present[-1]]) / n,
+            "LowerQuartile": quantile(0.25),
+            "UpperQuartile": quantile(0.75),
+        }
     else:
-        u = np.rint(v * 65535)
-        if np.array_equal(u / 65535, v):  # uint16 levels: quantiles from one histogram instead of sorts
-            counts = np.bincount(u.astype(np.int64), minlength=65536)
-            cum = np.cumsum(counts)
-
-            def at(rank: np.ndarray) -> np.ndarray:
-                return np.searchsorted(cum, rank, side="right").astype(float)
-
-            def quantile(q: float, cumv=cum, atv=at) -> float:
-                pos = (n - 1) * q
-                lo = int(np.floor(pos))
-                a, b = atv(np.array([lo, min(lo + 1, n - 1)]))
-                return float(a + (b - a) * (pos - lo)) / 65535
-
-            median = quantile(0.5)
-            dev2 = np.abs(2 * u - 2 * median * 65535).astype(np.int64)  # half-levels: integers
-            dcum = np.cumsum(np.bincount(dev2))
-            lo, hi = (n - 1) // 2, n // 2
-            a, b = np.searchsorted(dcum, [lo, hi], side="right")
-            mad = (a + b) / 2 / 2 / 65535
-            lower, upper = quantile(0.25), quantile(0.75)
+        v = np.asarray(img, np.float64).ravel()
+        v = v[np.isfinite(v)]
+        n = v.size
+        if n == 0:
+            values = dict.fromkeys(("Total", "Mean", "Median", "Std", "MAD", "Max", "Min", "PercentMaximal"), 0.0)
+            values |= {"LowerQuartile": 0.0, "UpperQuartile": 0.0}
         else:
             median = float(np.median(v))
-            mad = float(np.median(np.abs(v - median)))
+            vmax = float(v.max())
             lower, upper = np.percentile(v, [25, 75])
-        vmax = float(v.max())
-        values = {
-            "Total": float(v.sum()),
-            "Mean": float(v.sum()) / n,
-            "Median": median,
-            "Std": float(v.std()),
-            "MAD": mad,
-            "Max": vmax,
-            "Min": float(v.min()),
-            "PercentMaximal": 100.0 * float(np.sum(v == vmax)) / n,
-            "LowerQuartile": float(lower),
-            "UpperQuartile": float(upper),
-        }
+            values = {
+                "Total": float(v.sum()),
+                "Mean": float(v.sum()) / n,
+                "Median": median,
+                "Std": float(v.std()),
+                "MAD": float(np.median(np.abs(v - median))),
+                "Max": vmax,
+                "Min": float(v.min()),
+                "PercentMaximal": 100.0 * float(np.sum(v == vmax)) / n,
+                "LowerQuartile": float(lower),
+                "UpperQuartile": float(upper),
+            }
     names = {
         "Total": "TotalIntensity",
         "Mean": "MeanIntensity",
@@ -692,8 +730,9 @@ def measure_field(
         new_shape = _resize_shape(shape, sub) if sub < 1 else np.array(shape, float)
         up = {obj: _upsample_scale(shape, new_shape) for obj in present}
     tick("granularity setup")
-    for channel, img in zip(layout.IF_CHANNELS, imgs, strict=True):
-        image |= _image_intensity(img, channel)
+    levels = [_levels(img) for img in imgs]
+    for channel, img, lev in zip(layout.IF_CHANNELS, imgs, levels, strict=True):
+        image |= _image_intensity(img, lev, channel)
         tick("image intensity")
         gray = _gray(img, s.texture_gray_levels)
         for sc in scales:
@@ -706,16 +745,18 @@ def measure_field(
         tick("granularity")
         for obj, o in present.items():
             edge, bin_index, octant = geometry[obj]
-            cols[obj] |= _intensity(o, edge, img, channel)
+            cols[obj] |= _intensity(o, edge, img, lev, channel)
             tick("intensity")
             for sc in scales:
                 cols[obj] |= _texture(o, gray, channel, sc, s.texture_gray_levels)
             tick("texture")
             cols[obj] |= _radial(o, img.ravel()[o.order], bin_index, octant, s.radial_bins, channel)
             tick("radial")
+    flat = imgs.reshape(len(imgs), -1)
     for obj, o in present.items():
-        values = [img.ravel()[o.order] for img in imgs]
-        cols[obj] |= _correlation(o, values, s.colocalization_threshold)
+        values = flat[:, o.order]
+        lev = [None if u is None else u.ravel()[o.order] for u in levels]
+        cols[obj] |= _correlation(o, values, lev, s.colocalization_threshold)
         tick("correlation")
     cols["Cytoplasm"].pop("Location_Center_Z", None)  # IdentifyTertiaryObjects records no Z
     tables = {obj: pd.DataFrame(c) for obj, c in cols.items()}
