@@ -421,33 +421,26 @@ def _zernike(o: _Objects) -> dict[str, np.ndarray]:
 
 
 def _shape(o: _Objects, radii: tuple[np.ndarray, np.ndarray], zernike: bool) -> dict[str, np.ndarray]:
-    """MeasureObjectSizeShape (no advanced features) of every object."""
+    """MeasureObjectSizeShape (no advanced features) of every object: skimage regionprops' values (moments,
+    bounding box, perimeter, Euler number and convex area from :func:`_kernels.shape_counts`), centrosome's Feret
+    diameters."""
     from centrosome.cpmorphology import convex_hull, feret_diameter
-    from skimage.measure import regionprops_table
 
-    props = regionprops_table(
-        o.labels,
-        properties=(
-            "label",
-            "area",
-            "perimeter",
-            "bbox",
-            "centroid",
-            "major_axis_length",
-            "minor_axis_length",
-            "eccentricity",
-            "orientation",
-            "extent",
-            "solidity",
-            "euler_number",
-            "area_convex",
-            "equivalent_diameter_area",
-            "area_bbox",
-        ),
-    )
-    if not np.array_equal(props["label"], o.ids):
-        raise CellResDMError("regionprops labels do not match the objects")
-    area, perim = props["area"].astype(float), props["perimeter"]
+    area = o.counts.astype(float)
+    cy, cx = o.sum(o.y.astype(float)) / area, o.sum(o.x.astype(float)) / area
+    dy, dx = o.y - cy[o.obj], o.x - cx[o.obj]
+    # skimage's inertia tensor of the object's mask: [[mu02, -mu11], [-mu11, mu20]] / mu00
+    tensor = np.empty((o.n, 2, 2))
+    tensor[:, 0, 0] = o.sum(dx * dx) / area
+    tensor[:, 1, 1] = o.sum(dy * dy) / area
+    tensor[:, 0, 1] = tensor[:, 1, 0] = -o.sum(dy * dx) / area
+    eig = np.clip(np.linalg.eigvalsh(tensor), 0, None)  # ascending
+    l1, l2 = eig[:, 1], eig[:, 0]
+    a_, b_, c_ = tensor[:, 0, 0], tensor[:, 0, 1], tensor[:, 1, 1]
+    orientation = np.where(a_ - c_ == 0, np.where(b_ < 0, -np.pi / 4, np.pi / 4), 0.5 * np.arctan2(-2 * b_, c_ - a_))
+    counts = _kernels.shape_counts(o.labels, o.order, o.starts)
+    y0, x0, y1, x1, perim, euler, convex = counts.T
+    bbox_area = (y1 - y0) * (x1 - x0)
     max_r, rest = radii
     hulls, hull_counts = convex_hull(o.labels, o.ids)
     min_feret, max_feret = feret_diameter(hulls, hull_counts, o.ids)
@@ -455,35 +448,35 @@ def _shape(o: _Objects, radii: tuple[np.ndarray, np.ndarray], zernike: bool) -> 
         out = {
             "AreaShape_Area": area,
             "AreaShape_Perimeter": perim,
-            "AreaShape_MajorAxisLength": props["major_axis_length"],
-            "AreaShape_MinorAxisLength": props["minor_axis_length"],
-            "AreaShape_Eccentricity": props["eccentricity"],
-            "AreaShape_Orientation": props["orientation"] * (180 / np.pi),
-            "AreaShape_Center_X": props["centroid-1"],
-            "AreaShape_Center_Y": props["centroid-0"],
-            "AreaShape_BoundingBoxArea": props["area_bbox"].astype(float),
-            "AreaShape_BoundingBoxMinimum_X": props["bbox-1"].astype(float),
-            "AreaShape_BoundingBoxMaximum_X": props["bbox-3"].astype(float),
-            "AreaShape_BoundingBoxMinimum_Y": props["bbox-0"].astype(float),
-            "AreaShape_BoundingBoxMaximum_Y": props["bbox-2"].astype(float),
+            "AreaShape_MajorAxisLength": 4 * np.sqrt(l1),
+            "AreaShape_MinorAxisLength": 4 * np.sqrt(l2),
+            "AreaShape_Eccentricity": np.where(l1 == 0, 0.0, np.sqrt(1 - l2 / np.where(l1 == 0, 1.0, l1))),
+            "AreaShape_Orientation": orientation * (180 / np.pi),
+            "AreaShape_Center_X": cx,
+            "AreaShape_Center_Y": cy,
+            "AreaShape_BoundingBoxArea": bbox_area,
+            "AreaShape_BoundingBoxMinimum_X": x0,
+            "AreaShape_BoundingBoxMaximum_X": x1,
+            "AreaShape_BoundingBoxMinimum_Y": y0,
+            "AreaShape_BoundingBoxMaximum_Y": y1,
             "AreaShape_FormFactor": 4.0 * np.pi * area / perim**2,
-            "AreaShape_Extent": props["extent"],
-            "AreaShape_Solidity": props["solidity"],
+            "AreaShape_Extent": area / bbox_area,
+            "AreaShape_Solidity": area / convex,
             "AreaShape_Compactness": perim**2 / np.maximum(4.0 * np.pi * area, 1),
-            "AreaShape_EulerNumber": props["euler_number"].astype(float),
+            "AreaShape_EulerNumber": euler,
             "AreaShape_MaximumRadius": max_r,
             "AreaShape_MeanRadius": rest[:, 0],
             "AreaShape_MedianRadius": rest[:, 1],
-            "AreaShape_ConvexArea": props["area_convex"].astype(float),
+            "AreaShape_ConvexArea": convex,
             "AreaShape_MinFeretDiameter": np.asarray(min_feret, float),
             "AreaShape_MaxFeretDiameter": np.asarray(max_feret, float),
-            "AreaShape_EquivalentDiameter": props["equivalent_diameter_area"],
+            "AreaShape_EquivalentDiameter": np.sqrt(4 * area / np.pi),
         }
     if zernike:
         out |= _zernike(o)
     out |= {
-        "Location_Center_X": props["centroid-1"],
-        "Location_Center_Y": props["centroid-0"],
+        "Location_Center_X": cx,
+        "Location_Center_Y": cy,
         "Location_Center_Z": np.zeros(o.n),
     }
     return out
