@@ -472,45 +472,60 @@ def object_quantiles(values: np.ndarray, starts: np.ndarray, presorted: bool) ->
 
 
 @numba.njit(cache=True, nogil=True)
-def upsampled_sums(
-    obj: np.ndarray, y: np.ndarray, x: np.ndarray, n: int, fy: float, fx: float, small: np.ndarray
-) -> np.ndarray:
-    """Per-object sums of (h, w, L) images ``small`` bilinearly upsampled to the labels' grid (pixel (y, x) reads
-    small at (y * fy, x * fx), as map_coordinates with order=1 samples it).
+def upsampling_weights(
+    starts: np.ndarray, y: np.ndarray, x: np.ndarray, fy: float, fx: float, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per object the total bilinear weight of each pixel of a small (h, w) image upsampled to the labels' grid
+    (pixel (y, x) reads the small image at (y * fy, x * fx), as map_coordinates with order=1 samples it): the
+    sum over an object of the upsampled image is its row of this sparse matrix times the small image.
 
     Args:
-        obj, y, x: (P,) object index, row and column of each labelled pixel.
-        n: number of objects.
-        fy, fx: the upsampling's coordinate scales.
-        small: (h, w, L) float images.
+        starts: (n + 1,) run starts; y, x: (P,) row and column of each run entry.
+        fy, fx: the upsampling's coordinate scales; shape: (h, w) of the small image.
 
     Returns:
-        (n, L) float64 sums.
+        CSR (indptr (n + 1,), indices, data) of the (n, h * w) weights.
     """
-    h, w, nl = small.shape
-    out = np.zeros((n, nl))
-    for t in range(len(obj)):
-        yi = y[t] * fy
-        xj = x[t] * fx
-        y0 = int(np.floor(yi))
-        x0 = int(np.floor(xj))
-        wy = yi - y0
-        wx = xj - x0
-        k = obj[t]
-        for dy in range(2):
-            yy = y0 + dy
-            wyy = wy if dy else 1.0 - wy
-            if yy >= h or wyy == 0.0:
-                continue
-            for dx in range(2):
-                xx = x0 + dx
-                wxx = wx if dx else 1.0 - wx
-                if xx >= w or wxx == 0.0:
+    h, w = shape
+    n = len(starts) - 1
+    acc = np.zeros(h * w)
+    touched = np.empty(h * w, dtype=np.int64)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indices = np.empty(4 * len(y) + 1, dtype=np.int64)
+    data = np.empty(4 * len(y) + 1)
+    nnz = 0
+    for k in range(n):
+        nt = 0
+        for t in range(starts[k], starts[k + 1]):
+            yi = y[t] * fy
+            xj = x[t] * fx
+            y0 = int(np.floor(yi))
+            x0 = int(np.floor(xj))
+            wy = yi - y0
+            wx = xj - x0
+            for dy in range(2):
+                yy = y0 + dy
+                wyy = wy if dy else 1.0 - wy
+                if yy >= h or wyy == 0.0:
                     continue
-                ww = wyy * wxx
-                for level in range(nl):
-                    out[k, level] += ww * small[yy, xx, level]
-    return out
+                for dx in range(2):
+                    xx = x0 + dx
+                    wxx = wx if dx else 1.0 - wx
+                    if xx >= w or wxx == 0.0:
+                        continue
+                    q = yy * w + xx
+                    if acc[q] == 0.0:
+                        touched[nt] = q
+                        nt += 1
+                    acc[q] += wyy * wxx
+        for e in range(nt):
+            q = touched[e]
+            indices[nnz] = q
+            data[nnz] = acc[q]
+            acc[q] = 0.0
+            nnz += 1
+        indptr[k + 1] = nnz
+    return indptr, indices[:nnz].copy(), data[:nnz].copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -705,30 +720,39 @@ def colocalization_sums(
 @numba.njit(cache=True, nogil=True)
 def erosion_series(image: np.ndarray, levels: int) -> np.ndarray:
     """``levels`` successive grey erosions of ``image`` (H, W) by the 4-connected cross (ndi.grey_erosion with a
-    disk(1) footprint, mode reflect: a neighbour outside the image is the pixel itself).
+    disk(1) footprint, mode reflect: a neighbour outside the image is the pixel itself), in one sweep: erosion
+    ``j`` of row ``r`` is computed right after erosion ``j - 1`` of row ``r + 1``, so the rows being worked on
+    stay in cache.
 
     Returns:
         (H * W, levels) array of ``image``'s dtype: column k is the (k + 1)-th erosion.
     """
     h, w = image.shape
+    flat = image.ravel()
     out = np.empty((h * w, levels), dtype=image.dtype)
-    prev = image.copy()
-    cur = np.empty_like(prev)
-    for k in range(levels):
-        for y in range(h):
+    for step in range(h + levels - 1):
+        for j in range(levels):
+            r = step - j
+            if r < 0 or r >= h:
+                continue
+            up = r - 1 if r > 0 else r
+            down = r + 1 if r < h - 1 else r
             for x in range(w):
-                v = prev[y, x]
-                if y > 0 and prev[y - 1, x] < v:
-                    v = prev[y - 1, x]
-                if y < h - 1 and prev[y + 1, x] < v:
-                    v = prev[y + 1, x]
-                if x > 0 and prev[y, x - 1] < v:
-                    v = prev[y, x - 1]
-                if x < w - 1 and prev[y, x + 1] < v:
-                    v = prev[y, x + 1]
-                cur[y, x] = v
-                out[y * w + x, k] = v
-        prev, cur = cur, prev
+                left = x - 1 if x > 0 else x
+                right = x + 1 if x < w - 1 else x
+                if j == 0:
+                    v = flat[r * w + x]
+                    v = min(v, flat[up * w + x], flat[down * w + x], flat[r * w + left], flat[r * w + right])
+                else:
+                    v = out[r * w + x, j - 1]
+                    v = min(
+                        v,
+                        out[up * w + x, j - 1],
+                        out[down * w + x, j - 1],
+                        out[r * w + left, j - 1],
+                        out[r * w + right, j - 1],
+                    )
+                out[r * w + x, j] = v
     return out
 
 

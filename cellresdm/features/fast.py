@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
+import scipy.sparse
 
 from cellresdm import layout
 from cellresdm.cppipe import COMPARTMENTS, px
@@ -228,9 +229,11 @@ def _disk_filter(img: np.ndarray, selem: np.ndarray, filter1d) -> np.ndarray:
 
 
 def _granularity(
-    img: np.ndarray, objects: Mapping[str, _Objects], up: Mapping[str, tuple[float, float]], s: FeatureSettings
+    img: np.ndarray, objects: Mapping[str, _Objects], up: Mapping[str, scipy.sparse.csr_matrix], s: FeatureSettings
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """MeasureGranularity of one channel: image spectrum and {compartment: (n, range) per-object spectrum}."""
+    """MeasureGranularity of one channel: image spectrum and {compartment: (n, range) per-object spectrum}
+    (``up``: per compartment the objects' bilinear weights of the subsampled pixels,
+    :func:`_kernels.upsampling_weights`)."""
     pix = np.asarray(img, np.float32)
     sub, back = s.granularity_subsample, s.granularity_background_subsample
     new_shape = _resize_shape(pix.shape, sub) if sub < 1 else np.array(pix.shape, float)
@@ -252,7 +255,6 @@ def _granularity(
     start = float(np.mean(pixels))
     current = start
     start = max(start, _EPS)
-    h, w = pixels.shape
     seeds = _kernels.erosion_series(pixels, ng)
     # every reconstruction of the erosions under the same image: one max-tree
     order = np.argsort(pixels.ravel(), kind="stable")
@@ -262,7 +264,6 @@ def _granularity(
     for k in range(ng):
         prev, current = current, float(means[k])
         image[str(k + 1)] = (prev - current) * 100 / start
-    recs = recs.reshape(h, w, ng)
     per_object: dict[str, np.ndarray] = {}
     flat = np.asarray(img, np.float32).ravel()
     for name, o in objects.items():
@@ -270,8 +271,7 @@ def _granularity(
             per_object[name] = np.zeros((0, ng))
             continue
         area = o.counts.astype(float)
-        fy, fx = up[name]
-        sums = _kernels.upsampled_sums(o.obj, o.y, o.x, o.n, fy, fx, recs)
+        sums = up[name] @ recs
         means = np.column_stack([o.sum(flat[o.order].astype(float)) / area, sums / area[:, None]])
         per_object[name] = (means[:, :-1] - means[:, 1:]) * 100 / np.maximum(means[:, :1], _EPS)
     return image, per_object
@@ -721,7 +721,11 @@ def measure_field(
         sub = s.granularity_subsample
         shape = imgs.shape[1:]
         new_shape = _resize_shape(shape, sub) if sub < 1 else np.array(shape, float)
-        up = {obj: _upsample_scale(shape, new_shape) for obj in present}
+        small = (int(np.ceil(new_shape[0])), int(np.ceil(new_shape[1])))  # np.mgrid's length, as _sample
+        for obj, o in present.items():
+            fy, fx = _upsample_scale(shape, new_shape)
+            csr = _kernels.upsampling_weights(o.starts, o.y, o.x, fy, fx, small)
+            up[obj] = scipy.sparse.csr_matrix(csr[::-1], shape=(o.n, small[0] * small[1]))
     tick("granularity setup")
     levels = [_levels(img) for img in imgs]
     for channel, img, lev in zip(layout.IF_CHANNELS, imgs, levels, strict=True):
