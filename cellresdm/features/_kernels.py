@@ -42,7 +42,13 @@ def _xlog2x_sum(p: np.ndarray, n: int) -> float:
 
 @numba.njit(cache=True, nogil=True)
 def haralick(
-    gray: np.ndarray, labels: np.ndarray, order: np.ndarray, starts: np.ndarray, distance: int, ignore_zeros: bool
+    gray: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
+    distance: int,
+    ignore_zeros: bool,
+    whole: bool = False,
 ) -> np.ndarray:
     """Haralick features of every object, as mahotas computes them on the object's masked bounding box.
 
@@ -55,6 +61,7 @@ def haralick(
         order, starts: the objects' pixel runs (see the module docstring).
         distance: the co-occurrence offset (CellProfiler's texture scale).
         ignore_zeros: drop pairs with a zero gray level (per object: True; whole image: False).
+        whole: one object, the whole image (``labels``, ``order`` and ``starts`` are not read).
 
     Returns:
         (n, 4, 13) float64: per object, direction and feature (:data:`HARALICK`); NaN for every direction of
@@ -89,7 +96,30 @@ def haralick(
         maxg = 0
         nt[:] = 0
         total[:] = 0
-        for t in range(a0, a1):
+        if whole:  # the whole image: every pixel, no labels to check
+            for y in range(h):
+                for x in range(w):
+                    ga = gray[y, x]
+                    if ga > maxg:
+                        maxg = ga
+                    if ignore_zeros and ga == 0:
+                        continue
+                    for d in range(4):
+                        y2 = y + dys[d]
+                        x2 = x + dxs[d]
+                        if y2 >= h or x2 < 0 or x2 >= w:  # dy >= 0
+                            continue
+                        gb = gray[y2, x2]
+                        if ignore_zeros and gb == 0:
+                            continue
+                        lo = min(ga, gb)
+                        hi = max(ga, gb)
+                        if cmat[d, lo, hi] == 0:
+                            touched[d, nt[d]] = lo * 256 + hi
+                            nt[d] += 1
+                        cmat[d, lo, hi] += 1
+                        total[d] += 2
+        for t in range(a0, a1 if not whole else a0):
             p = order[t]
             y = p // w
             x = p - y * w

@@ -179,8 +179,8 @@ def _texture(o: _Objects, gray: np.ndarray, channel: str, scale: int, levels: in
 
 def _image_texture(gray: np.ndarray, channel: str, scale: int, levels: int) -> dict[str, float]:
     h, w = gray.shape
-    ones = np.ones((h, w), np.int32)
-    feats = _kernels.haralick(gray, ones, np.arange(h * w, dtype=np.int64), np.array([0, h * w]), scale, False)
+    ones = np.ones((1, 1), np.int32)
+    feats = _kernels.haralick(gray, ones, np.zeros(1, np.int64), np.array([0, h * w]), scale, False, True)
     feats = np.nan_to_num(feats.reshape(52), nan=0.0, posinf=0.0, neginf=0.0)
     return dict(zip(_texture_names(channel, scale, levels), feats.tolist(), strict=True))
 
