@@ -90,35 +90,29 @@ def _intensity(
 ) -> dict[str, np.ndarray]:
     """MeasureObjectIntensity: 15 intensity and 6 location features of every object (``levels``: :func:`_levels`
     of ``img``)."""
-    v = img.ravel()[o.order]
     area = o.counts.astype(float)
-    total = o.sum(v)
+    stats = _kernels.intensity_stats(img, o.order, o.starts)
+    total, std, vmin, vmax = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
     mean = total / area
-    std = np.sqrt(o.sum((v - mean[o.obj]) ** 2) / area)
-    vmin = np.minimum.reduceat(v, o.starts[:-1])
-    vmax = np.maximum.reduceat(v, o.starts[:-1])
-    # position of the maximum: the last in C order among ties, like scipy.ndimage.maximum_position
-    at_max = np.where(v == vmax[o.obj], np.arange(len(v)), -1)
-    last = np.maximum.reduceat(at_max, o.starts[:-1])
-    cm_x, cm_y = o.sum(o.x.astype(float)) / area, o.sum(o.y.astype(float)) / area
+    last = stats[:, 4].astype(np.int64)  # the maximum's position: the last in C order among ties (maximum_position)
+    cm_x, cm_y = stats[:, 5] / area, stats[:, 6] / area
     with np.errstate(invalid="ignore", divide="ignore"):
-        cmi_x, cmi_y = o.sum(o.x * v) / total, o.sum(o.y * v) / total
+        cmi_x, cmi_y = stats[:, 7] / total, stats[:, 8] / total
     if levels is not None:  # uint16 levels: one sort of (object, level) keys instead of one sort per object
         keys = np.sort((o.obj.astype(np.int64) << 16) | levels.ravel()[o.order].astype(np.int64))
         q = _kernels.object_quantiles((keys & 0xFFFF) / 65535.0, o.starts, True)
     else:
-        q = _kernels.object_quantiles(v, o.starts, False)
-    ev = img.ravel()[edge.order]
-    ecount = np.bincount(edge.obj, minlength=o.n).astype(float)
-    etotal = np.bincount(edge.obj, ev, minlength=o.n)
+        q = _kernels.object_quantiles(img.ravel()[o.order], o.starts, False)
+    # the edge: objects of the boundary label image (every object has one; placed by label to be sure)
+    at = np.searchsorted(o.ids, edge.ids)
+    estats = _kernels.intensity_stats(img, edge.order, edge.starts)
+    has = np.zeros(o.n, bool)
+    has[at] = True
+    ecount, etotal, estd, emin, emax = (np.zeros(o.n) for _ in range(5))
+    ecount[at] = edge.counts
+    etotal[at], estd[at], emin[at], emax[at] = estats[:, 0], estats[:, 1], estats[:, 2], estats[:, 3]
     with np.errstate(invalid="ignore", divide="ignore"):
         emean = etotal / ecount
-        estd = np.sqrt(np.bincount(edge.obj, (ev - emean[edge.obj]) ** 2, minlength=o.n) / ecount)
-    emin, emax = np.zeros(o.n), np.zeros(o.n)
-    has = ecount > 0
-    if edge.n:
-        emin[has] = np.minimum.reduceat(ev, edge.starts[:-1])
-        emax[has] = np.maximum.reduceat(ev, edge.starts[:-1])
     out = {
         "Intensity_IntegratedIntensity": total,
         "Intensity_MeanIntensity": mean,
