@@ -106,6 +106,10 @@ def make_groundtruth_pipeline(settings: GroundTruthSettings) -> str:
 # ----------------------------------------------------------------------------------------------- features
 
 
+#: The channels the segmentation modules of the feature pipeline read (all a segmentation-only run loads).
+SEGMENTATION_CHANNELS: tuple[str, ...] = ("DNA", "RNA")
+
+
 def _segmentation_modules(settings: GroundTruthSettings) -> list[str]:
     """Background subtraction of DNA, nuclei and cells from the ground-truth pipeline, reading DNA and RNA."""
     blocks = [
@@ -327,8 +331,9 @@ def make_measurement_pipeline(settings: FeatureSettings, measure: bool = True) -
     on RNA), IdentifyTertiaryObjects (Cytoplasm), label images ``{Field}_{nuclei,cells,cytoplasm}.tiff``
     (uint16) and, with ``measure``, the measurement modules of the reference pipeline plus
     MeasureImageIntensity and ExportToSpreadsheet (``Image.csv``, ``Nuclei.csv``, ``Cells.csv``,
-    ``Cytoplasm.csv``). ``measure=False`` gives the segmentation-only pipeline of the cp_measure backend
-    (it still exports ``Image.csv`` for the counts).
+    ``Cytoplasm.csv``). ``measure=False`` gives the segmentation-only pipeline of the fast and cp_measure
+    backends (it still exports ``Image.csv`` for the counts); it reads only :data:`SEGMENTATION_CHANNELS`, the
+    only ones its CSV needs to list.
     """
     load = module(
         "LoadData",

@@ -43,7 +43,7 @@ def _settings(**overrides) -> FeatureSettings:
 
 
 #: Small fields keep border nuclei (the reference discards them) so that they hold several cells.
-SETTINGS = _settings(segmentation={"discard_border_nuclei": False})
+SETTINGS = _settings(backend="cellprofiler", segmentation={"discard_border_nuclei": False})
 
 
 # ----------------------------------------------------------------------------------------------- Table 2

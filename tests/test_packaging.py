@@ -46,7 +46,7 @@ def test_the_wheel_ships_every_data_file_of_the_package(wheel):
     data = {
         path.relative_to(REPO).as_posix()
         for path in (REPO / "cellresdm").rglob("*")
-        if path.is_file() and path.suffix not in {".py", ".pyc"}
+        if path.is_file() and path.suffix not in {".py", ".pyc"} and "__pycache__" not in path.parts
     }
     assert {"cellresdm/schemas/config.schema.yaml", "cellresdm/cppipe/groundtruth.cppipe"} <= data
     names = set(zipfile.ZipFile(wheel).namelist())

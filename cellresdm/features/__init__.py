@@ -17,13 +17,16 @@ image set where CellProfiler finds no object of a compartment has NaN features f
 
 Modules: :mod:`~cellresdm.features.settings` (:class:`FeatureSettings`), :mod:`~cellresdm.features.extract`
 (the CellProfiler runner, :func:`extract_features`), :mod:`~cellresdm.features.exports` (per-image features
-from CellProfiler's exports), :mod:`~cellresdm.features.cpmeasure` (the cp_measure backend),
+from CellProfiler's exports), :mod:`~cellresdm.features.fast` (the fast backend),
+:mod:`~cellresdm.features.cpmeasure` (the cp_measure backend),
 :mod:`~cellresdm.features.columns` (feature table names and categories) and
 :mod:`~cellresdm.features.correlation` (Table 2). The pipeline text comes from :mod:`cellresdm.cppipe`.
 
-Backends: ``cellprofiler`` (all measurements by CellProfiler) or ``cp_measure`` (CellProfiler segments and
-saves its label images; cp_measure computes the per-object measurements in-process from those labels, see
-:data:`CP_MEASURE_CATEGORIES`).
+Backends: ``fast`` (the default: CellProfiler segments and saves its label images,
+:mod:`~cellresdm.features.fast` computes every measurement of the pipeline in-process for all objects of a field
+at once, CellProfiler's names; :func:`measure_objects_fast` gives the per-object tables), ``cellprofiler`` (all
+measurements by CellProfiler, the reference) or ``cp_measure`` (cp_measure computes the per-object measurements
+from CellProfiler's labels, see :data:`CP_MEASURE_CATEGORIES`).
 
 Table 2 (:func:`feature_correlation`, :func:`table2`): per source and feature the Pearson r across test
 images between real and synthetic per-image values, averaged per feature category.
@@ -34,6 +37,7 @@ from cellresdm.features.columns import CATEGORIES, CP_MEASURE_CATEGORIES, METADA
 from cellresdm.features.correlation import CORRELATION_COLUMNS, feature_correlation, table2, write_table2
 from cellresdm.features.cpmeasure import measure_objects_cp_measure
 from cellresdm.features.extract import extract_features, gather_features, run_cellprofiler_chunk
+from cellresdm.features.fast import FieldMeasurements, measure_field, measure_objects_fast
 from cellresdm.features.settings import FeatureSettings
 
 __all__ = [
@@ -43,12 +47,15 @@ __all__ = [
     "CP_MEASURE_CATEGORIES",
     "METADATA_COLUMNS",
     "FeatureSettings",
+    "FieldMeasurements",
     "extract_features",
     "feature_category",
     "feature_correlation",
     "gather_features",
     "make_measurement_pipeline",
+    "measure_field",
     "measure_objects_cp_measure",
+    "measure_objects_fast",
     "run_cellprofiler_chunk",
     "table2",
     "write_table2",

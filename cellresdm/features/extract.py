@@ -19,11 +19,12 @@ import tifffile
 
 from cellresdm import layout
 from cellresdm.cellprofiler import DEFAULT_CELLPROFILER, CellProfilerRunner, ChunkFolder, resolve_cellprofiler
-from cellresdm.cppipe import COMPARTMENTS, make_measurement_pipeline
+from cellresdm.cppipe import COMPARTMENTS, SEGMENTATION_CHANNELS, make_measurement_pipeline
 from cellresdm.errors import CellResDMError, ConfigError
 from cellresdm.features.columns import METADATA_COLUMNS
 from cellresdm.features.cpmeasure import cp_measure_chunk
 from cellresdm.features.exports import chunk_features
+from cellresdm.features.fast import fast_chunk
 from cellresdm.features.settings import FeatureSettings
 from cellresdm.io import write_parquet
 from cellresdm.stores import open_dataset, open_if_images
@@ -55,10 +56,17 @@ def _write_channels(images: np.ndarray, folder: Path, image_id: str) -> dict[str
 
 
 def _measure_chunk(
-    runner: CellProfilerRunner, work: Path, k: int, images: np.ndarray, ids: list[str], log_prefix: Path
+    runner: CellProfilerRunner,
+    work: Path,
+    k: int,
+    images: np.ndarray,
+    ids: list[str],
+    log_prefix: Path,
+    channels: Sequence[str] = layout.IF_CHANNELS,
 ) -> tuple[Path, dict[str, float]]:
-    """Write the chunk's TIFFs (to ``work/chunk{k:04d}/images``) and run CellProfiler on them; return its
-    output folder and {image id: seconds}.
+    """Write the chunk's TIFFs (to ``work/chunk{k:04d}/images``) and run CellProfiler on them (LoadData lists
+    ``channels``: all for the measurement pipeline, :data:`SEGMENTATION_CHANNELS` for the segmentation-only
+    one); return its output folder and {image id: seconds}.
 
     A failed chunk's log is kept at ``{log_prefix}.cellprofiler_chunk{k:04d}.log``.
     """
@@ -66,7 +74,8 @@ def _measure_chunk(
     pics = folder.root / "images"
     pics.mkdir()
     rows = [{**_write_channels(img, pics, i), "Metadata_Field": i} for img, i in zip(images, ids, strict=True)]
-    pd.DataFrame(rows).to_csv(folder.data_file, index=False)
+    listed = [f"{kind}_{c}" for c in channels for kind in ("FileName", "PathName")] + ["Metadata_Field"]
+    pd.DataFrame(rows)[listed].to_csv(folder.data_file, index=False)
     run = runner.run(folder)
     out = folder.output
     missing = [n for n in ("Image.csv", *(f"{c}.csv" for c in COMPARTMENTS)) if not (out / n).is_file()]
@@ -104,7 +113,8 @@ def run_cellprofiler_chunk(
     pipeline = work / "features.cppipe"
     pipeline.write_text(make_measurement_pipeline(settings, measure=measure))
     runner = CellProfilerRunner(resolve_cellprofiler(cellprofiler), pipeline, log or _LOG, None)
-    return _measure_chunk(runner, work, 0, np.asarray(images), list(ids), work / "exports")
+    channels = layout.IF_CHANNELS if measure else SEGMENTATION_CHANNELS
+    return _measure_chunk(runner, work, 0, np.asarray(images), list(ids), work / "exports", channels)
 
 
 def _sort_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -215,9 +225,13 @@ def extract_features(
                 idx = chunks[k]
                 chunk_ids = [ids[i] for i in idx]
                 chunk_images = np.stack([np.asarray(images[int(selected[i])]) for i in idx])
-                cp_out, secs = _measure_chunk(runner, work, k, chunk_images, chunk_ids, out.with_suffix(""))
-                if settings.backend == "cp_measure":
-                    table = cp_measure_chunk(cp_out, work / f"chunk{k:04d}" / "images", chunk_ids, settings, secs)
+                channels = layout.IF_CHANNELS if settings.backend == "cellprofiler" else SEGMENTATION_CHANNELS
+                cp_out, secs = _measure_chunk(runner, work, k, chunk_images, chunk_ids, out.with_suffix(""), channels)
+                pics = work / f"chunk{k:04d}" / "images"
+                if settings.backend == "fast":
+                    table = fast_chunk(cp_out, pics, chunk_ids, settings, secs)
+                elif settings.backend == "cp_measure":
+                    table = cp_measure_chunk(cp_out, pics, chunk_ids, settings, secs)
                 else:
                     table = chunk_features(cp_out, chunk_ids, settings.aggregate)
                 seconds.update(secs)

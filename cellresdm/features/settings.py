@@ -23,7 +23,8 @@ class FeatureSettings:
         segmentation: nuclei/cell segmentation settings (the ground-truth ones, but
             ``discard_border_nuclei=True`` as in the reference analysis pipeline: cut cells bias features).
             Its ``pixel_size_um`` is the pixel size of the measured fields.
-        backend: ``"cellprofiler"`` or ``"cp_measure"``.
+        backend: ``"fast"`` (default, :mod:`cellresdm.features.fast`), ``"cellprofiler"`` (the reference) or
+            ``"cp_measure"``.
         aggregate: per-image aggregation of per-object values, ``"median"`` or ``"mean"``.
         chunk_size: most image sets per CellProfiler process.
         colocalization_threshold: MeasureColocalization threshold, % of the maximum intensity (15).
