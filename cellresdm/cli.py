@@ -37,7 +37,12 @@ def _run(args: argparse.Namespace) -> None:
     if args.step == "synth":
         plate = _plate(config, args.plate)
         steps.synth_plate(
-            plate["id"], plate["cell_line"], config["demo"], results.demo_gallery(), results.demo_truth(plate["id"])
+            plate["id"],
+            plate["cell_line"],
+            config["demo"],
+            results.demo_gallery(),
+            results.demo_truth(plate["id"]),
+            platemap=plate["split"] == "test",
         )
     elif args.step == "download":
         _plate(config, args.plate)
