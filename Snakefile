@@ -17,7 +17,7 @@ wildcard_constraints:
     split="train|val|test",
     method="|".join(config["methods"]) or "none",
     baseline="stardist_bf|stardist_if",
-    source="|".join(["real", *config["methods"]]),
+    source="|".join(["real", *config["methods"], "bf_copy"]),
 
 
 include: "rules/download.smk"
@@ -30,6 +30,7 @@ include: "rules/segmentation.smk"
 include: "rules/stardist.smk"
 include: "rules/evaluate.smk"
 include: "rules/features.smk"
+include: "rules/profiles.smk"
 include: "rules/report.smk"
 
 

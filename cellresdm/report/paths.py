@@ -32,6 +32,7 @@ class ReportInputs:
         fields: plate -> its filter table (columns keep, reason).
         qc_summary: ground-truth QC summary (demo only; HTML only).
         table2: the features stage's Table 2 CSV.
+        profiles_summary, profiles_figure: the profiles stage's summary CSV and mAP figure.
     """
 
     dataset: str | os.PathLike | None = None
@@ -50,6 +51,8 @@ class ReportInputs:
     fields: Paths = field(default_factory=dict)
     qc_summary: str | os.PathLike | None = None
     table2: str | os.PathLike | None = None
+    profiles_summary: str | os.PathLike | None = None
+    profiles_figure: str | os.PathLike | None = None
 
 
 @dataclass
@@ -62,6 +65,7 @@ class ReportOutputs:
         fig6, fig7: copies of the segmentation rule's PNGs.
         table2: copy of the features stage's Table 2 CSV.
         table3, throughput, methods, filtering: the report's CSV tables.
+        profiles, profiles_summary: copies of the profiles stage's mAP figure and summary.
     """
 
     html: str | os.PathLike | None = None
@@ -74,6 +78,8 @@ class ReportOutputs:
     throughput: str | os.PathLike | None = None
     methods: str | os.PathLike | None = None
     filtering: str | os.PathLike | None = None
+    profiles: str | os.PathLike | None = None
+    profiles_summary: str | os.PathLike | None = None
 
     def wanted(self) -> dict[str, Path]:
         """Output name -> path of every wanted output, in field order."""
@@ -105,6 +111,8 @@ def _needs(inputs: ReportInputs) -> dict[str, list[tuple[str, str | os.PathLike 
             *((f"CellProfiler index of {p}", path, False) for p, path in inputs.groundtruth_indexes.items()),
         ],
         "filtering": [(f"filter table of {p}", path, False) for p, path in inputs.fields.items()],
+        "profiles": [("mAP figure of the profiles stage", inputs.profiles_figure, False)],
+        "profiles_summary": [("summary of the profiles stage", inputs.profiles_summary, False)],
     }
 
 
