@@ -62,6 +62,16 @@ def test_map_is_one_for_identical_replicates():
     # 3 positives among 15: a perfect ranking happens by chance with probability 1 / C(15, 3)
     assert (table["p_value"] < 0.01).all() and (table["corrected_p_value"] >= table["p_value"]).all()
     assert (table["random_map"] < 0.4).all()
+    # 2 replicates and 2 controls: a random ranking puts the one positive first one time in three. copairs' rule
+    # (null mAPs strictly above) still gives a perfect mAP the smallest p-value; greater_equal counts the ties
+    small = _profiles({"": rng.normal(size=(2, 20)), "a": np.repeat(rng.normal(size=(1, 20)) * 3, 2, axis=0)})
+    feats = [c for c in small if c.startswith("Cells_")]
+    copairs_rule = replicate_retrieval(small, feats, SETTINGS)
+    assert copairs_rule["map"].iloc[0] == 1.0 and copairs_rule["p_value"].iloc[0] == 1 / 2001
+    ties = ProfileSettings.from_config({"permutations": 2000, "pvalue_ties": "greater_equal"})
+    conservative = replicate_retrieval(small, feats, ties)
+    assert 0.3 < conservative["p_value"].iloc[0] < 0.37 and not conservative["retrieved"].any()
+    assert replicate_retrieval(profiles, [c for c in profiles if c.startswith("Cells_")], ties)["retrieved"].all()
 
 
 def test_map_is_near_random_when_profiles_are_shuffled():
@@ -207,6 +217,18 @@ def test_controls_without_images_are_an_error(tmp_path):
         profile_stage(features, platemaps, SETTINGS, _outputs(tmp_path))
 
 
+def test_profiles_without_a_similarity_are_left_out(caplog):
+    rng = np.random.default_rng(6)
+    groups = {"": rng.normal(size=(6, 10)), "a": rng.normal(size=(3, 10)) + 3}
+    profiles = _profiles(groups)
+    features = [c for c in profiles if c.startswith("Cells_")]
+    profiles.loc[profiles.index[-1], features] = 0.0  # e.g. every selected feature missing in that well
+    with caplog.at_level(logging.WARNING, logger="cellresdm"):
+        table = replicate_retrieval(profiles, features, SETTINGS)
+    assert "1 of 9 profiles have no cosine similarity" in caplog.text
+    assert table["n_profiles"].tolist() == [2]
+
+
 def test_selection_is_fitted_on_real_and_applied_unchanged(tmp_path):
     rng = np.random.default_rng(4)
     real = _feature_table("real", EFFECTS, rng)
@@ -268,3 +290,22 @@ def test_the_demo_plate_map_has_controls_and_graded_replicated_treatments(tmp_pa
         w for w in platemap.wells() if w not in base.black_if_wells and w[0] not in "AP" and w[1:] not in ("01", "24")
     ]
     assert kept == list(platemap.wells())
+
+
+def test_the_report_shows_the_profiles_first_with_their_caption(tmp_path):
+    from cellresdm.report import ReportInputs, ReportOutputs, write_report
+
+    features, platemaps = _stage_inputs(tmp_path)
+    outputs = _outputs(tmp_path)
+    profile_stage(features, platemaps, SETTINGS, outputs)
+    inputs = ReportInputs(profiles_summary=outputs.summary, profiles_figure=outputs.figure)
+    out = tmp_path / "reports"
+    wanted = ReportOutputs(html=out / "report.html", profiles=out / "map.png", profiles_summary=out / "summary.csv")
+    config = {"methods": [], "profiles": {"pvalue_correction": "bonferroni", "permutations": 2000}}
+    result = write_report(inputs, wanted, config=config, all_methods=["cellresdm"])
+    assert set(result["written"]) == {"html", "profiles", "profiles_summary"}
+    assert Path(out / "map.png").read_bytes() == Path(outputs.figure).read_bytes()
+    page = (out / "report.html").read_text()
+    assert page.index('id="profiles"') < page.index('id="profiles_summary"')
+    assert "mAP is its mean over queries" in page and "with Bonferroni" in page and "2000 permutations" in page
+    assert pd.read_csv(out / "summary.csv").equals(pd.read_csv(outputs.summary))

@@ -36,6 +36,8 @@ class ProfileSettings:
         blocklist: features of the blocklist operation; None = pycytominer's packaged default.
         distance: similarity of the copairs rankings (``cosine``, ``correlation``, ``euclidean``).
         permutations: size of copairs' null distribution of average precision.
+        pvalue_ties: ``greater`` (copairs' get_map_pvalue: null mAPs above the observed one) or
+            ``greater_equal`` (ties too: conservative for small groups with few negatives).
         pvalue_correction: statsmodels multipletests method (``fdr_bh`` ...).
         pvalue_threshold: retrieved = corrected p-value below it.
         seed: seed of the null distributions.
@@ -55,6 +57,7 @@ class ProfileSettings:
     blocklist: tuple[str, ...] | None
     distance: str
     permutations: int
+    pvalue_ties: str
     pvalue_correction: str
     pvalue_threshold: float
     seed: int

@@ -87,7 +87,8 @@ def section(key: str, title: str, body: str) -> str:
 
 def profiles_caption(profiles: Mapping[str, Any] | None = None) -> str:
     """Caption of the profiles figure: what mAP is and how its p-values were corrected (``profiles``: the
-    config section's ``pvalue_correction``, ``permutations``, ``pvalue_threshold``, ``normalize``)."""
+    config section's ``pvalue_correction``, ``pvalue_ties``, ``permutations``, ``pvalue_threshold``,
+    ``normalize``)."""
     p = dict(profiles or {})
     correction = {
         "fdr_bh": "the Benjamini-Hochberg false discovery rate",
@@ -95,6 +96,12 @@ def profiles_caption(profiles: Mapping[str, Any] | None = None) -> str:
         "bonferroni": "Bonferroni",
         "holm": "Holm",
     }.get(p.get("pvalue_correction", "fdr_bh"), str(p.get("pvalue_correction")))
+    ties = (
+        "null values equal to the observed mAP count as extreme"
+        if p.get("pvalue_ties") == "greater_equal"
+        else "copairs' rule: only null values above the observed mAP count, so with few negatives a perfect mAP "
+        "gets the smallest p-value"
+    )
     return (
         "Profiles: do virtual profiles retrieve the same biology as real ones? Per-image CellProfiler features of the "
         "test plates are aggregated to wells (median), normalised per plate to the negative-control wells "
@@ -106,7 +113,7 @@ def profiles_caption(profiles: Mapping[str, Any] | None = None) -> str:
         "treatment's consensus profile queries the treatments of the same mechanism/target against the others. "
         "Cross-modal: each well's virtual profile queries the real wells of its plate, the same well's real "
         "profile being the one positive. p-values come from copairs' null distribution of AP under random "
-        f"rankings ({p.get('permutations', 'several thousand')} permutations) and are corrected for multiple "
+        f"rankings ({p.get('permutations', 'several thousand')} permutations; {ties}) and are corrected for multiple "
         f"testing with {correction} over the groups of one source and test; a treatment (well) counts as retrieved "
         f"when its corrected p-value is below {p.get('pvalue_threshold', 0.05)} (numbers above the bars)."
     )
