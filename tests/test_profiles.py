@@ -309,3 +309,31 @@ def test_the_report_shows_the_profiles_first_with_their_caption(tmp_path):
     assert page.index('id="profiles"') < page.index('id="profiles_summary"')
     assert "mAP is its mean over queries" in page and "with Bonferroni" in page and "2000 permutations" in page
     assert pd.read_csv(out / "summary.csv").equals(pd.read_csv(outputs.summary))
+
+
+def test_the_cli_runs_the_stage_on_a_results_folder(tmp_path):
+    import yaml
+
+    from cellresdm.cli import main
+    from cellresdm.results import ResultsLayout
+
+    features, platemaps = _stage_inputs(tmp_path)
+    layout = ResultsLayout(str(tmp_path / "results"))
+    for source, path in features.items():
+        Path(layout.features(source)).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).rename(layout.features(source))
+    config = {
+        "source": "gallery",
+        "plates": [
+            {"id": "P1", "cell_line": "U2OS", "split": "test", "platemap": str(platemaps["P1"])},
+            {"id": "P2", "cell_line": "U2OS", "split": "train"},
+        ],
+        "methods": [],
+        "profiles": {"permutations": 500},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    args = ["--config", str(tmp_path / "config.yaml"), "--results", layout.root, "profiles"]
+    assert main([*args, "--sources", "real", "good", "noise"]) == 0
+    summary = pd.read_csv(layout.profiles_summary())
+    assert list(summary["source"]) == ["real", "good", "noise"]
+    assert main(args) == 1  # default sources: real and bf_copy, whose feature table is absent
