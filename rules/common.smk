@@ -260,7 +260,13 @@ def profiles_caption_config():
     """The profiles keys the report's caption names (p-value correction, permutations, threshold)."""
     return {
         k: config["profiles"][k]
-        for k in ("pvalue_correction", "pvalue_ties", "permutations", "pvalue_threshold", "normalize")
+        for k in (
+            "pvalue_correction",
+            "pvalue_ties",
+            "permutations",
+            "pvalue_threshold",
+            "normalize",
+        )
     }
 
 

@@ -109,6 +109,9 @@ def test_dry_run_of_the_demo_plans_every_stage():
         "stardist_if",
         "stardist_predict",
         "segmentation_scores",
+        "demo_platemap",
+        "bf_copy_images",
+        "profiles",
         "paper_report",
     ]:
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the plan"
