@@ -298,8 +298,10 @@ def test_tiny_end_to_end_run(tmp_path):
         assert len(features) == TEST_FIELDS and "Image_Count_Nuclei" in features.columns, source
     profiles = pd.read_csv(R.profiles_summary()).set_index("source")
     assert list(profiles.index) == ["real", *ALL_METHODS, "bf_copy"] and (profiles["n_wells"] == 4).all()
-    assert (profiles["n_treatments"] == 1).all() and profiles["replicate_map"].between(0, 1).all()
-    assert profiles.drop(index="real")["crossmodal_map"].between(0, 1).all()
+    assert profiles.loc["real", "n_treatments"] == 1 and 0 <= profiles.loc["real", "replicate_map"] <= 1
+    # a barely trained method may find no object, so its wells have no profile to compare (NaN mAP)
+    assert profiles["replicate_map"].dropna().between(0, 1).all() and profiles["n_treatments"].isin([0, 1]).all()
+    assert profiles.drop(index="real")["crossmodal_map"].dropna().between(0, 1).all()
     assert Path(R.report("profiles")).stat().st_size > 5000
     table2 = pd.read_csv(R.table2())
     # a category without a feature that varies across the 3 test images has no r (NaN)
