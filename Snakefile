@@ -17,7 +17,7 @@ wildcard_constraints:
     split="train|val|test",
     method="|".join(config["methods"]) or "none",
     baseline="stardist_bf|stardist_if",
-    source="|".join(["real", *config["methods"]]),
+    source="|".join(["real", *config["methods"], "bf_copy"]),
     shard="[A-P][0-9]{2}-[A-P][0-9]{2}",
 
 
@@ -31,6 +31,7 @@ include: "rules/segmentation.smk"
 include: "rules/stardist.smk"
 include: "rules/evaluate.smk"
 include: "rules/features.smk"
+include: "rules/profiles.smk"
 include: "rules/report.smk"
 include: "rules/omezarr.smk"
 

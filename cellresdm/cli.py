@@ -38,7 +38,12 @@ def _run(args: argparse.Namespace) -> None:
     if args.step == "synth":
         plate = _plate(config, args.plate)
         steps.synth_plate(
-            plate["id"], plate["cell_line"], config["demo"], results.demo_gallery(), results.demo_truth(plate["id"])
+            plate["id"],
+            plate["cell_line"],
+            config["demo"],
+            results.demo_gallery(),
+            results.demo_truth(plate["id"]),
+            platemap=plate["split"] == "test",
         )
     elif args.step == "download":
         _plate(config, args.plate)
@@ -79,6 +84,8 @@ def _run(args: argparse.Namespace) -> None:
             results.fields(args.plate),
             results.groundtruth_index(args.plate),
         )
+    elif args.step == "profiles":
+        _run_profiles(args, config, results)
     elif args.step in ("train", "sample"):
         if args.method not in config["methods"]:
             raise CellResDMError(f"method {args.method!r} is not enabled in the config's methods {config['methods']}")
@@ -107,6 +114,36 @@ def _run(args: argparse.Namespace) -> None:
             results.dataset(args.split),
             results.dataset_summary(args.split),
         )
+
+
+def _run_profiles(args: argparse.Namespace, config: dict, results: ResultsLayout) -> None:
+    """The profiles stage on the feature tables under ``results`` of ``args.sources`` (default: real, every
+    method, bf_copy) and the test plates with a plate map (the demo's generated ones for a demo run)."""
+    from cellresdm.profiles import ProfileOutputs, ProfileSettings, profile_stage
+
+    sources = args.sources or ["real", *config["methods"], "bf_copy"]
+    demo = config["source"] == "demo"
+    platemaps = {
+        p["id"]: p["platemap"] or (results.demo_platemap(p["id"]) if demo else None)
+        for p in config["plates"]
+        if p["split"] == "test"
+    }
+    platemaps = {plate: path for plate, path in platemaps.items() if path}
+    if not platemaps:
+        raise CellResDMError("no test plate of the config has a plate map (plates.N.platemap)")
+    outputs = ProfileOutputs(
+        wells=results.profiles_wells(),
+        profiles=results.profiles(),
+        selection=results.profiles_selection(),
+        replicate=results.profiles_replicate(),
+        annotation=results.profiles_annotation(),
+        crossmodal=results.profiles_crossmodal(),
+        summary=results.profiles_summary(),
+        figure=results.profiles_figure(),
+    )
+    profile_stage(
+        {s: results.features(s) for s in sources}, platemaps, ProfileSettings.from_config(config["profiles"]), outputs
+    )
 
 
 def _run_models(args: argparse.Namespace, config: dict, results: ResultsLayout) -> None:
@@ -206,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     omezarr.add_argument("--plate", action="append", help="only this plate (repeatable; default: every plate)")
     omezarr.add_argument("--threads", type=int, default=1, help="threads writing the pyramids (default 1)")
     sub.add_parser("dataset", help="zarr dataset of one split").add_argument("split", choices=["train", "val", "test"])
+    profiles = sub.add_parser("profiles", help="well profiles and retrieval mAP of the test plates' feature tables")
+    profiles.add_argument("--sources", nargs="+", help="feature sources (default: real, every method, bf_copy)")
     compare = sub.add_parser("compare", help="compare two results folders (arrays bit-identical, tables equal)")
     compare.add_argument("old")
     compare.add_argument("new")

@@ -11,7 +11,7 @@ from skimage.metrics import structural_similarity
 
 from cellresdm import layout
 from cellresdm.errors import CellResDMError
-from cellresdm.stores import open_dataset, open_predictions
+from cellresdm.stores import create_predictions, open_dataset, open_predictions
 
 #: Name of the trivial reference prediction: the normalised in-focus BF plane copied into every IF channel.
 TRIVIAL = "bf_copy"
@@ -29,6 +29,24 @@ def channel_metrics(real: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     sa, sb = a.std(), b.std()
     pearson = float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb)) if sa > 0 and sb > 0 else float("nan")
     return {"mse": mse, "psnr": psnr, "ssim": ssim, "pearson": pearson}
+
+
+def write_bf_copy(dataset: str | Path, out: str | Path, log: logging.Logger | None = None) -> int:
+    """Write the trivial BF copy of a dataset as a prediction store (method :data:`TRIVIAL`): ``if`` (N, 5, H, W)
+    holds the normalised in-focus BF plane (``bf`` channel 0) in every IF channel, the field table is the
+    dataset's; the boundary arrays stay 0. Returns the number of fields."""
+    log = log or logging.getLogger("cellresdm")
+    real = open_dataset(dataset, arrays=("bf",))
+    n, shape = real["bf"].shape[0], tuple(real["bf"].shape[2:])
+    with create_predictions(out, n, shape, with_std=False) as writer:
+        for i in range(n):
+            plane = np.asarray(real["bf"][i, :1])
+            writer.write_field(i, if_=np.repeat(plane, len(layout.IF_CHANNELS), 0))
+        writer.finish(
+            real, {"method": TRIVIAL, "source": str(dataset), "description": "in-focus BF in every IF channel"}
+        )
+    log.info("BF copy of %d fields of %s written to %s", n, dataset, out)
+    return n
 
 
 def image_quality(

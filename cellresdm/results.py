@@ -81,6 +81,14 @@ OUTPUTS: tuple[Output, ...] = (
         "per-well generator settings: well, nucleus_scale, mito_scale, black_if",
     ),
     Output(
+        "demo_platemap",
+        "demo_platemaps/{plate}.csv",
+        "synthetic gallery",
+        "demo_platemap",
+        "cellresdm.synth.write_platemap",
+        "plate map of a demo test plate: well_position, broad_sample (empty: negative control), target (demo only)",
+    ),
+    Output(
         "raw_images",
         "raw/{plate}/images",
         "download",
@@ -394,6 +402,81 @@ OUTPUTS: tuple[Output, ...] = (
         "Table 2 as Markdown",
     ),
     Output(
+        "bf_copy_images",
+        "predictions/bf_copy/test.zarr",
+        "profiles",
+        "bf_copy_images",
+        "cellresdm.metrics.write_bf_copy",
+        "the trivial BF copy as a prediction store: `if` (N,5,H,W) = the normalised in-focus BF plane in every IF "
+        "channel (features source `bf_copy`)",
+    ),
+    Output(
+        "profiles_wells",
+        "profiles/wells.parquet",
+        "profiles",
+        "profiles",
+        "cellresdm.profiles.profile_stage",
+        "well profiles of every source (real, methods, bf_copy): median of the per-image features per well "
+        "(pycytominer.aggregate), annotated with the plate map (`Metadata_Treatment`, `Metadata_Control`, ...)",
+    ),
+    Output(
+        "profiles",
+        "profiles/profiles.parquet",
+        "profiles",
+        "profiles",
+        "cellresdm.profiles.profile_stage",
+        "the same normalised per plate to the negative controls and reduced to the features selected on real",
+    ),
+    Output(
+        "profiles_selection",
+        "profiles/feature_selection.csv",
+        "profiles",
+        "profiles",
+        "cellresdm.profiles.fit_feature_selection",
+        "feature selection fitted on the real profiles: feature, kept, dropped_by (pycytominer operation)",
+    ),
+    Output(
+        "profiles_replicate",
+        "profiles/replicate_map.csv",
+        "profiles",
+        "profiles",
+        "cellresdm.profiles.replicate_retrieval",
+        "replicate retrieval vs controls per source, plate and treatment: mAP, random mAP, p-value, corrected "
+        "p-value, retrieved (copairs)",
+    ),
+    Output(
+        "profiles_annotation",
+        "profiles/annotation_map.csv",
+        "profiles",
+        "profiles",
+        "cellresdm.profiles.annotation_retrieval",
+        "retrieval of treatments with the same mechanism/target per source, plate and annotation (copairs)",
+    ),
+    Output(
+        "profiles_crossmodal",
+        "profiles/crossmodal_map.csv",
+        "profiles",
+        "profiles",
+        "cellresdm.profiles.crossmodal_retrieval",
+        "cross-modal retrieval per source, plate and well: a virtual well profile ranking the real wells (copairs)",
+    ),
+    Output(
+        "profiles_summary",
+        "profiles/profiles_summary.csv",
+        "profiles",
+        "profiles",
+        "cellresdm.profiles.summarise",
+        "per source: replicate, annotation and cross-modal mAP, random mAP and fraction retrieved",
+    ),
+    Output(
+        "profiles_figure",
+        "profiles/profiles_map.png",
+        "profiles",
+        "profiles",
+        "cellresdm.profiles.plot_retrieval",
+        "mAP per source and test, with the fraction retrieved",
+    ),
+    Output(
         "report_html",
         "reports/report.html",
         "report",
@@ -440,6 +523,22 @@ OUTPUTS: tuple[Output, ...] = (
         "paper_report",
         "cellresdm.report.write_report",
         "copy of Table 2",
+    ),
+    Output(
+        "report_profiles",
+        "reports/profiles_map.png",
+        "report",
+        "paper_report",
+        "cellresdm.report.write_report",
+        "copy of the profiles figure (mAP per source)",
+    ),
+    Output(
+        "report_profiles_summary",
+        "reports/profiles_summary.csv",
+        "report",
+        "paper_report",
+        "cellresdm.report.write_report",
+        "copy of the profiles summary",
     ),
     Output(
         "report_table3",
@@ -528,6 +627,9 @@ class ResultsLayout:
 
     def demo_wells(self, plate: str) -> str:
         return self.path("demo_wells", plate=plate)
+
+    def demo_platemap(self, plate: str) -> str:
+        return self.path("demo_platemap", plate=plate)
 
     # download, filter, ground truth
     def raw_images(self, plate: str) -> str:
@@ -645,6 +747,34 @@ class ResultsLayout:
 
     def table2_markdown(self) -> str:
         return self.path("table2_markdown")
+
+    # profiles
+    def bf_copy_images(self) -> str:
+        return self.path("bf_copy_images")
+
+    def profiles_wells(self) -> str:
+        return self.path("profiles_wells")
+
+    def profiles(self) -> str:
+        return self.path("profiles")
+
+    def profiles_selection(self) -> str:
+        return self.path("profiles_selection")
+
+    def profiles_replicate(self) -> str:
+        return self.path("profiles_replicate")
+
+    def profiles_annotation(self) -> str:
+        return self.path("profiles_annotation")
+
+    def profiles_crossmodal(self) -> str:
+        return self.path("profiles_crossmodal")
+
+    def profiles_summary(self) -> str:
+        return self.path("profiles_summary")
+
+    def profiles_figure(self) -> str:
+        return self.path("profiles_figure")
 
     # report
     def report(self, item: str) -> str:

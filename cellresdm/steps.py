@@ -39,13 +39,19 @@ def layout_from_config(gallery: dict[str, Any]) -> GalleryLayout:
     return GalleryLayout(project=gallery["project"], source=gallery["source"], batch=gallery["batch"])
 
 
-def synth_plate(plate: str, cell_line: str, demo: dict[str, Any], gallery_root: str, truth_dir: str) -> Path:
+def synth_plate(
+    plate: str, cell_line: str, demo: dict[str, Any], gallery_root: str, truth_dir: str, platemap: bool = False
+) -> Path:
     """Write one plate of the embedded synthetic gallery (config section ``demo``) into the bucket folder
-    ``gallery_root`` and its true labels into ``truth_dir``; returns its load_data.csv."""
-    from cellresdm.synth import SynthConfig, SynthPlate, write_plate
+    ``gallery_root`` and its true labels into ``truth_dir``; returns its load_data.csv. With ``platemap`` (the
+    test plates) the plate carries the wells and treatments of ``demo.platemap``
+    (:func:`cellresdm.synth.with_platemap`)."""
+    from cellresdm.synth import DemoPlatemap, SynthConfig, SynthPlate, with_platemap, write_plate
 
     start = time.perf_counter()
     settings = SynthConfig.from_config(demo)
+    if platemap:
+        settings = with_platemap(settings, DemoPlatemap.from_config(demo["platemap"]))
     path = write_plate(gallery_root, truth_dir, SynthPlate(plate=plate, cell_line=cell_line), settings)
     log.info("synthetic plate %s (%s) written in %.1f s: %s", plate, cell_line, time.perf_counter() - start, path)
     return path

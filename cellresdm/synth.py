@@ -31,6 +31,7 @@ so a field is identical whatever else is generated; per-well treatments depend o
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import zlib
@@ -719,3 +720,106 @@ def write_gallery(
     for p in plates:
         _line(p.cell_line)
     return [write_plate(root, Path(truth_root) / p.plate, p, config) for p in plates]
+
+
+# ----------------------------------------------------------------------------------------------- plate map
+
+
+#: Columns of a demo plate map, those of JUMP-Target-1_compound_platemap.tsv plus the annotation (``target``).
+PLATEMAP_COLUMNS: tuple[str, ...] = ("well_position", "broad_sample", "target")
+
+
+@dataclass(frozen=True)
+class DemoTreatment:
+    """One treatment of the demo plate map: its ``name`` (the plate map's ``broad_sample``), ``mechanism`` (its
+    ``target``), the generator's ``effect`` and its replicate ``wells``."""
+
+    name: str
+    mechanism: str
+    effect: Treatment
+    wells: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DemoPlatemap:
+    """The plate map of the demo's test plates (config ``demo.platemap``).
+
+    Attributes:
+        controls: negative-control wells (untreated: nucleus and Mito scales 1).
+        treatments: the treatments, each with its replicate wells.
+        sites: sites of the wells the plate map adds to a plate (wells not among the plate's own wells).
+    """
+
+    controls: tuple[str, ...]
+    treatments: tuple[DemoTreatment, ...]
+    sites: int = 1
+
+    @classmethod
+    def from_config(cls, section: dict) -> DemoPlatemap:
+        """From the validated config section ``demo.platemap`` (the schema holds the defaults)."""
+        treatments = tuple(
+            DemoTreatment(
+                name=t["name"],
+                mechanism=t["mechanism"],
+                effect=Treatment(nucleus_scale=t["nucleus_scale"], mito_scale=t["mito_scale"]),
+                wells=tuple(t["wells"]),
+            )
+            for t in section["treatments"]
+        )
+        return cls(controls=tuple(section["controls"]), treatments=treatments, sites=section["sites"])
+
+    def wells(self) -> tuple[str, ...]:
+        """Every well of the plate map: the controls, then each treatment's wells."""
+        return self.controls + tuple(w for t in self.treatments for w in t.wells)
+
+    def validate(self) -> None:
+        """Raise ValueError naming a well listed twice, a treatment name listed twice, or no control well."""
+        wells = self.wells()
+        for well in wells:
+            layout.parse_well(well)
+        repeated = sorted({w for w in wells if wells.count(w) > 1})
+        if repeated:
+            raise ValueError(f"demo plate map: wells listed more than once: {', '.join(repeated)}")
+        names = [t.name for t in self.treatments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"demo plate map: treatment names listed more than once: {names}")
+        if not self.controls:
+            raise ValueError("demo plate map: no negative-control well (demo.platemap.controls is empty)")
+
+
+def with_platemap(config: SynthConfig, platemap: DemoPlatemap) -> SynthConfig:
+    """The generator settings of a plate carrying ``platemap``: its wells not in ``config.wells`` are added with
+    ``platemap.sites`` sites (their later sites are absent fields), control wells are untreated and treatment
+    wells get their treatment's effect (the other wells keep their drawn treatments)."""
+    platemap.validate()
+    added = tuple(w for w in platemap.wells() if w not in config.wells)
+    absent = tuple((w, s) for w in added for s in range(platemap.sites + 1, config.sites + 1))
+    forced = [(w, Treatment()) for w in platemap.controls]
+    forced += [(w, t.effect) for t in platemap.treatments for w in t.wells]
+    given = dict(config.treatments)
+    return dataclasses.replace(
+        config,
+        wells=config.wells + added,
+        missing_fields=config.missing_fields + absent,
+        treatments=tuple(given.items()) + tuple((w, t) for w, t in forced if w not in given),
+    )
+
+
+def platemap_table(platemap: DemoPlatemap) -> pd.DataFrame:
+    """The plate map as a table of :data:`PLATEMAP_COLUMNS`, one row per well: controls with an empty
+    ``broad_sample`` and ``target`` (as JUMP's DMSO wells), treatments with their name and mechanism."""
+    platemap.validate()
+    rows = [{"well_position": w, "broad_sample": "", "target": ""} for w in platemap.controls]
+    rows += [
+        {"well_position": w, "broad_sample": t.name, "target": t.mechanism}
+        for t in platemap.treatments
+        for w in t.wells
+    ]
+    return pd.DataFrame(rows, columns=list(PLATEMAP_COLUMNS))
+
+
+def write_platemap(path: str | os.PathLike, platemap: DemoPlatemap) -> pd.DataFrame:
+    """Write :func:`platemap_table` to ``path`` (CSV, atomically) and return it."""
+    table = platemap_table(platemap)
+    write_text(path, table.to_csv(index=False))
+    return table

@@ -75,6 +75,11 @@ def demo_truth_dir(wildcards):
     return RESULTS.demo_truth(wildcards.plate)
 
 
+def demo_plate_has_platemap(wildcards):
+    """Demo test plates carry the wells and treatments of the demo plate map (config demo.platemap)."""
+    return PLATES[wildcards.plate]["split"] == "test"
+
+
 def method_model_dir(wildcards):
     return RESULTS.model_dir(wildcards.method)
 
@@ -236,6 +241,39 @@ def segmentation_tables():
     return [RESULTS.segmentation_scores(s) for s in segmentation_sources()]
 
 
+def platemap_path(plate):
+    """The plate map of a test plate: its config entry's, else (demo) the generated one, else None."""
+    if PLATES[plate]["platemap"]:
+        return PLATES[plate]["platemap"]
+    return RESULTS.demo_platemap(plate) if is_demo() else None
+
+
+def profile_plates():
+    """Test plates with a plate map (the profiles stage leaves the others out)."""
+    plates = cfg.plates_in_split(config, "test") if "test" in cfg.splits(config) else []
+    return [p for p in plates if platemap_path(p)]
+
+
+def profile_sources():
+    """Feature sources of the profiles stage: the real images, every method, the trivial BF copy."""
+    return ["real", *config["methods"], "bf_copy"]
+
+
+def has_profiles():
+    return has_model_splits() and bool(config["methods"]) and bool(profile_plates())
+
+
+def profiles_input(wildcards):
+    """Every source's feature table, every profiled plate's plate map (and the treatment metadata table)."""
+    inputs = {
+        "features": [RESULTS.features(s) for s in profile_sources()],
+        "platemaps": [platemap_path(p) for p in profile_plates()],
+    }
+    if config["profiles"]["treatment_metadata"]:
+        inputs["treatment_metadata"] = config["profiles"]["treatment_metadata"]
+    return inputs
+
+
 def all_outputs():
     """Every final product of the configured run."""
     outputs = [RESULTS.platemap(p) for p in PLATES]
@@ -247,6 +285,8 @@ def all_outputs():
         outputs += [RESULTS.sample_timing(m) for m in config["methods"]]
     if has_model_splits() and segmentation_sources():
         outputs.append(RESULTS.segmentation_summary())
+    if has_profiles():
+        outputs.append(RESULTS.profiles_summary())
     if has_model_splits() and config["methods"]:
         outputs.append(RESULTS.report("html"))
     if has_model_splits() and config["omezarr"]["enabled"]:
@@ -264,6 +304,8 @@ def feature_images(wildcards):
     """The real test images for source ``real``, else the method's synthetic ones."""
     if wildcards.source == "real":
         return RESULTS.dataset("test")
+    if wildcards.source == "bf_copy":
+        return RESULTS.bf_copy_images()
     return RESULTS.predictions(wildcards.source)
 
 
@@ -290,7 +332,17 @@ def report_input(wildcards):
         inputs["fig7"] = RESULTS.fig7()
     if is_demo():
         inputs["qc_summary"] = RESULTS.groundtruth_qc_summary()
+    if has_profiles():
+        inputs["profiles_summary"] = RESULTS.profiles_summary()
+        inputs["profiles_figure"] = RESULTS.profiles_figure()
     return inputs
+
+
+def report_profiles_files():
+    """The profiles figure and summary copied into the report folder when the run has profiles."""
+    if not has_profiles():
+        return []
+    return [RESULTS.report("profiles"), RESULTS.report("profiles_summary")]
 
 
 def report_segmentation_figures():
@@ -307,7 +359,22 @@ def train_benchmarks():
 
 def report_config():
     """The config keys the report reads, so an unrelated config edit does not rerun it."""
-    return {key: config[key] for key in ("source", "reference", "methods", "plates")}
+    keys = ("source", "reference", "methods", "plates")
+    return {key: config[key] for key in keys} | {"profiles": profiles_caption_config()}
+
+
+def profiles_caption_config():
+    """The profiles keys the report's caption names (p-value correction, permutations, threshold)."""
+    return {
+        k: config["profiles"][k]
+        for k in (
+            "pvalue_correction",
+            "pvalue_ties",
+            "permutations",
+            "pvalue_threshold",
+            "normalize",
+        )
+    }
 
 
 def uses_pipeline_vqgan(method):

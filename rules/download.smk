@@ -20,6 +20,7 @@ rule synth_plate:
         demo=config["demo"],
         gallery_root=demo_gallery_root,
         truth_dir=demo_truth_dir,
+        platemap=demo_plate_has_platemap,
     script:
         "../workflow_scripts/synth_plate.py"
 

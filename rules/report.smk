@@ -46,6 +46,7 @@ rule paper_report:
         ),
         table2=RESULTS.report("table2"),
         segmentation_figures=report_segmentation_figures(),
+        profiles=report_profiles_files(),
     log:
         RESULTS.log("report", "paper_report"),
     benchmark:

@@ -43,18 +43,28 @@ TINY_CONFIG = {
         "sites": 2,
         "black_if_wells": ["B03"],
         "missing_fields": [{"well": "C02", "site": 2}],
+        # the test plate's plate map: 2 control and 2 treated wells, D02 and D03 added with 1 site each
+        "platemap": {
+            "controls": ["C02", "D03"],
+            "treatments": [
+                {"name": "nuclei_up", "mechanism": "nuclear size", "nucleus_scale": 1.25, "wells": ["B02", "D02"]}
+            ],
+        },
     },
     "train": {"steps": 6, "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 4},
     "sample": {"tile": 128, "overlap": 32, "batch_size": 4},
     "stardist": {"epochs": 2, "steps_per_epoch": 3, "patch_size": 64, "batch_size": 2, "unet_n_filter_base": 8},
     "methods": METHODS,
-    # shards of one well (2 fields): the test plate's per-field stages run as 3 jobs each, one of them empty
-    "shards": {"well_block": [1, 1]},
+    # shards of 2 x 4 wells: the test plate's per-field stages run as 2 jobs each, of B02 (2 fields; B03 is
+    # black) and of C02, D02 and D03 (3 fields); empty shards are covered by the stages' own tests
+    "shards": {"well_block": [2, 4]},
     # every network and schedule just big enough to run its code paths; make demo trains for real
     **tiny_method_sections(),
 }
 TINY_CONFIG["features"] = {"texture_scales": [3], "texture_gray_levels": 16, "zernike": False}
 ALL_METHODS = METHODS
+#: Kept fields of the test plate TINY03: B02 (2 sites), C02 (1), and D02, D03 its plate map adds (1 each).
+TEST_FIELDS = 5
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -102,6 +112,9 @@ def test_dry_run_of_the_demo_plans_every_stage():
         "stardist_if",
         "stardist_predict",
         "segmentation_scores",
+        "demo_platemap",
+        "bf_copy_images",
+        "profiles",
         "paper_report",
     ]:
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the plan"
@@ -229,7 +242,8 @@ def test_tiny_end_to_end_run(tmp_path, monkeypatch):
 
     for plate in ("TINY01", "TINY02", "TINY03"):
         fields = pd.read_parquet(R.fields(plate))
-        assert len(fields) == 8  # 4 wells x 2 sites, the missing one included
+        # 4 wells x 2 sites, the missing one included; the test plate's plate map adds 2 wells (site 2 missing)
+        assert len(fields) == (12 if plate == "TINY03" else 8)
         reasons = dict(
             zip(fields["Metadata_Well"] + "_" + fields["Metadata_Site"].astype(str), fields["reason"], strict=True)
         )
@@ -237,7 +251,7 @@ def test_tiny_end_to_end_run(tmp_path, monkeypatch):
         assert reasons["B03_1"] == "black_if" and reasons["B02_1"] == ""
         assert Path(R.platemap(plate)).stat().st_size > 1000
         index = pd.read_parquet(R.groundtruth_index(plate))
-        assert len(index) == fields["keep"].sum() == 3
+        assert len(index) == fields["keep"].sum() == (TEST_FIELDS if plate == "TINY03" else 3)
         assert Path(R.log("groundtruth", plate)).stat().st_size > 0
 
     qc = pd.read_csv(R.groundtruth_qc_summary())
@@ -250,19 +264,19 @@ def test_tiny_end_to_end_run(tmp_path, monkeypatch):
     image = np.asarray(store["if"][:])
     assert np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
     summary = json.loads(Path(R.dataset_summary("test")).read_text())
-    assert summary["n_fields"] == 3 and summary["plates"] == ["TINY03"]
+    assert summary["n_fields"] == TEST_FIELDS and summary["plates"] == ["TINY03"]
     assert Path(R.benchmark("download", "TINY01")).exists()
 
     train_log = pd.read_csv(R.train_log("cellresdm"))
     assert train_log["step"].max() == 6 and np.isfinite(train_log["loss"]).all()
     predictions = zarr.open_group(R.predictions("cellresdm"), mode="r")
-    assert predictions["if"].shape == (3, 5, 192, 192)  # 192 > tile 128: sampled in overlapping tiles
-    assert predictions["boundaries_binary"].shape == (3, 2, 192, 192)
+    assert predictions["if"].shape == (TEST_FIELDS, 5, 192, 192)  # 192 > tile 128: sampled in overlapping tiles
+    assert predictions["boundaries_binary"].shape == (TEST_FIELDS, 2, 192, 192)
     timing = json.loads(Path(R.sample_timing("cellresdm")).read_text())
-    assert timing["steps"] == 4 and timing["seconds_per_image"] > 0 and timing["fields"] == 3
+    assert timing["steps"] == 4 and timing["seconds_per_image"] > 0 and timing["fields"] == TEST_FIELDS
     for source in (*ALL_METHODS, "stardist_bf", "stardist_if"):
         instances = zarr.open_group(R.instances(source), mode="r")
-        assert instances["nuclei"].shape == (3, 192, 192)
+        assert instances["nuclei"].shape == (TEST_FIELDS, 192, 192)
         scores = pd.read_parquet(R.segmentation_scores(source))
         assert set(scores["tau"].round(1)) == {round(0.1 * k, 1) for k in range(1, 10)}
         assert set(scores["object"]) == ({"nuclei"} if source.startswith("stardist") else {"nuclei", "cells"})
@@ -273,18 +287,25 @@ def test_tiny_end_to_end_run(tmp_path, monkeypatch):
     for method in ALL_METHODS:
         store = zarr.open_group(R.predictions(method), mode="r")
         prediction = np.asarray(store["if"][:], dtype=np.float32)
-        assert prediction.shape == (3, 5, 192, 192) and np.isfinite(prediction).all(), method
+        assert prediction.shape == (TEST_FIELDS, 5, 192, 192) and np.isfinite(prediction).all(), method
         assert prediction.min() >= 0 and prediction.max() <= 1, method
     quality = pd.read_csv(R.image_quality_summary())
     assert set(quality["method"]) == {*ALL_METHODS, "bf_copy"} and len(quality) == 5 * (len(ALL_METHODS) + 1)
     assert quality["ssim"].between(-1, 1).all() and (quality["psnr"] > 0).all()
     ttests = pd.read_csv(R.image_quality_ttests())
-    assert set(ttests["other"]) == {*ALL_METHODS, "bf_copy"} - {"cellresdm"} and (ttests["n"] == 3).all()
+    assert set(ttests["other"]) == {*ALL_METHODS, "bf_copy"} - {"cellresdm"} and (ttests["n"] == TEST_FIELDS).all()
     assert len(ttests) == len(ALL_METHODS) * 5 * 4
 
-    for source in ("real", *ALL_METHODS):
+    for source in ("real", *ALL_METHODS, "bf_copy"):
         features = pd.read_parquet(R.features(source))
-        assert len(features) == 3 and "Image_Count_Nuclei" in features.columns, source
+        assert len(features) == TEST_FIELDS and "Image_Count_Nuclei" in features.columns, source
+    profiles = pd.read_csv(R.profiles_summary()).set_index("source")
+    assert list(profiles.index) == ["real", *ALL_METHODS, "bf_copy"] and (profiles["n_wells"] == 4).all()
+    assert profiles.loc["real", "n_treatments"] == 1 and 0 <= profiles.loc["real", "replicate_map"] <= 1
+    # a barely trained method may find no object, so its wells have no profile to compare (NaN mAP)
+    assert profiles["replicate_map"].dropna().between(0, 1).all() and profiles["n_treatments"].isin([0, 1]).all()
+    assert profiles.drop(index="real")["crossmodal_map"].dropna().between(0, 1).all()
+    assert Path(R.report("profiles")).stat().st_size > 5000
     table2 = pd.read_csv(R.table2())
     # a category without a feature that varies across the 3 test images has no r (NaN)
     assert set(table2["source"]) == set(ALL_METHODS) and table2["r"].dropna().between(-1, 1).all()
@@ -292,7 +313,8 @@ def test_tiny_end_to_end_run(tmp_path, monkeypatch):
     for item in ("fig4", "fig5", "fig6", "fig7"):
         assert Path(R.report(item)).stat().st_size > 5000, item
     html = Path(R.report("html")).read_text()
-    assert html.count("data:image/png;base64,") >= 4 and "Table 2" in html and "Table 3" in html
+    assert html.count("data:image/png;base64,") >= 5 and "Table 2" in html and "Table 3" in html
+    assert "Profiles: replicate, mechanism and cross-modal retrieval" in html and "Benjamini-Hochberg" in html
     throughput = pd.read_csv(R.report("throughput"))
     assert {"cellresdm", "stardist_bf"} <= set(throughput["source"])
 
@@ -301,6 +323,7 @@ def test_tiny_end_to_end_run(tmp_path, monkeypatch):
         ("evaluate", "image_quality"),
         ("segmentation", "scores"),
         ("features", "table2"),
+        ("profiles", "profiles"),
         ("report", "paper_report"),
         ("groundtruth_qc", "TINY01"),
     ]:
@@ -413,7 +436,7 @@ def assert_a_killed_run_redoes_only_missing_shards(work: Path, copy: Path) -> No
     shutil.copytree(work, copy, symlinks=True)
     R = ResultsLayout(str(copy / DEFAULT_ROOT))
     method, plate = "cellresdm", "TINY03"
-    shards = ["B02-B02", "B03-B03", "C02-C02"]
+    shards = ["A01-B04", "C01-D04"]
     for path in (R.predictions(method), R.features(method), Path(R.features_shard(method, plate, "X")).parent):
         shutil.rmtree(path) if Path(path).is_dir() else Path(path).unlink()
     predictions = [Path(R.predictions_shard(method, plate, s)) for s in shards]
@@ -442,6 +465,6 @@ def assert_a_killed_run_redoes_only_missing_shards(work: Path, copy: Path) -> No
     remeasured = {w.split("shard=")[1] for w in started_jobs(output, "features_shard")}
     missing = set(shards) - set(measured)
     assert missing <= remeasured and len(remeasured - missing) <= 1, (measured, remeasured)
-    assert len(pd.read_parquet(R.features(method))) == 3
+    assert len(pd.read_parquet(R.features(method))) == TEST_FIELDS
     leftovers = [p for p in Path(R.root).rglob(".*.part-*")]
     assert leftovers == [], leftovers

@@ -3,10 +3,11 @@
 Named inputs (lists in the order of their ``params``): ``dataset``, ``quality``, ``quality_ttests``,
 ``predictions`` / ``sample_benchmarks`` / ``models`` (``params.methods``), ``instances`` (``params.sources``),
 ``groundtruth`` / ``fields`` / ``illumination`` (``params.plates``), optional ``segmentation_summary``,
-``segmentation_ttests``, ``fig6``, ``fig7``, ``qc_summary``, ``table2``. ``params.train_benchmarks`` maps each
-method to its Snakemake training benchmark (not a rule input: benchmarks are written after a job's outputs).
-``params.config`` holds the config keys the report reads. Named outputs are the report's files;
-``segmentation_figures`` holds Figs. 6 and 7 (or nothing).
+``segmentation_ttests``, ``fig6``, ``fig7``, ``qc_summary``, ``table2``, ``profiles_summary``, ``profiles_figure``.
+``params.train_benchmarks`` maps each method to its Snakemake training benchmark (not a rule input: benchmarks are
+written after a job's outputs). ``params.config`` holds the config keys the report reads. Named outputs are the
+report's files; ``segmentation_figures`` holds Figs. 6 and 7 (or nothing), ``profiles`` the profiles figure and
+summary (or nothing).
 """
 
 from cellresdm.logs import step_logging
@@ -30,7 +31,16 @@ with step_logging(snakemake.log[0]):
     methods = list(snakemake.params.methods)
     plates = list(snakemake.params.plates)
     sources = list(snakemake.params.sources)
-    optional = ("segmentation_summary", "segmentation_ttests", "fig6", "fig7", "qc_summary", "table2")
+    optional = (
+        "segmentation_summary",
+        "segmentation_ttests",
+        "fig6",
+        "fig7",
+        "qc_summary",
+        "table2",
+        "profiles_summary",
+        "profiles_figure",
+    )
     inputs = ReportInputs(
         dataset=_named(snakemake.input, "dataset"),
         quality=_named(snakemake.input, "quality"),
@@ -50,5 +60,7 @@ with step_logging(snakemake.log[0]):
         **{name: _named(snakemake.output, name) for name in names},
         # [fig6, fig7] when the run has segmentation sources, else nothing
         **dict(zip(("fig6", "fig7"), map(str, snakemake.output.get("segmentation_figures", [])), strict=False)),
+        # [profiles figure, profiles summary] when the run has profiles, else nothing
+        **dict(zip(("profiles", "profiles_summary"), map(str, snakemake.output.get("profiles", [])), strict=False)),
     )
     write_report(inputs, outputs, config=dict(snakemake.params.config))

@@ -10,4 +10,5 @@ with step_logging(snakemake.log[0]):
         snakemake.params.demo,
         snakemake.params.gallery_root,
         snakemake.params.truth_dir,
+        platemap=bool(snakemake.params.platemap),
     )

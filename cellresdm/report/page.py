@@ -42,6 +42,9 @@ _CAPTIONS: dict[str, str] = {
     "centre, pooled over kept fields, raw and divided by the plate's illumination functions (1 = even; False in "
     "corrected: the plate has no functions and runs uncorrected).",
     "qc": "Ground-truth QC (synthetic gallery only): CellProfiler labels against the generator's true labels.",
+    "profiles_summary": "Per source: wells and selected features; per test the mean mAP over its groups "
+    "(replicate: plate x treatment; annotation: plate x mechanism; cross-modal: wells), the mean mAP of a random "
+    "ranking and the fraction retrieved (corrected p-value below the threshold).",
     "quality_summary": "Image quality: mean per method and channel.",
     "segmentation_summary": "Segmentation scores pooled over test images at the t-test IoU threshold.",
     "segmentation_ttests": "Segmentation: paired t-tests of the reference against every other source.",
@@ -83,6 +86,47 @@ def section(key: str, title: str, body: str) -> str:
     """One report section: heading (anchor ``key``), the caption of ``key`` and ``body``."""
     caption = _CAPTIONS.get(key, "")
     return f'<h2 id="{key}">{html.escape(title)}</h2><p class="cap">{html.escape(caption)}</p>{body}'
+
+
+def profiles_caption(profiles: Mapping[str, Any] | None = None) -> str:
+    """Caption of the profiles figure: what mAP is and how its p-values were corrected (``profiles``: the
+    config section's ``pvalue_correction``, ``pvalue_ties``, ``permutations``, ``pvalue_threshold``,
+    ``normalize``)."""
+    p = dict(profiles or {})
+    correction = {
+        "fdr_bh": "the Benjamini-Hochberg false discovery rate",
+        "fdr_by": "the Benjamini-Yekutieli false discovery rate",
+        "bonferroni": "Bonferroni",
+        "holm": "Holm",
+    }.get(p.get("pvalue_correction", "fdr_bh"), str(p.get("pvalue_correction")))
+    ties = (
+        "null values equal to the observed mAP count as extreme"
+        if p.get("pvalue_ties") == "greater_equal"
+        else "copairs' rule: only null values above the observed mAP count, so with few negatives a perfect mAP "
+        "gets the smallest p-value"
+    )
+    return (
+        "Profiles: do virtual profiles retrieve the same biology as real ones? Per-image CellProfiler features of the "
+        "test plates are aggregated to wells (median), normalised per plate to the negative-control wells "
+        f"({p.get('normalize', 'mad_robustize')}) and reduced to the features selected on the real profiles "
+        "(pycytominer), for the real IF, every method and the BF copy. Average precision (AP) ranks a query "
+        "profile's positives among its negatives by cosine similarity; mAP is its mean over queries (1 = every "
+        "positive ranked first; the dashed line is the mAP of a random ranking). Replicate retrieval: each treated "
+        "well queries its treatment's other wells against the plate's negative controls. Annotation: each "
+        "treatment's consensus profile queries the treatments of the same mechanism/target against the others. "
+        "Cross-modal: each well's virtual profile queries the real wells of its plate, the same well's real "
+        "profile being the one positive. p-values come from copairs' null distribution of AP under random "
+        f"rankings ({p.get('permutations', 'several thousand')} permutations; {ties}) and are corrected for multiple "
+        f"testing with {correction} over the groups of one source and test; a treatment (well) counts as retrieved "
+        f"when its corrected p-value is below {p.get('pvalue_threshold', 0.05)} (numbers above the bars)."
+    )
+
+
+def profiles_section(png: Path, profiles: Mapping[str, Any] | None = None) -> str:
+    """The profiles figure with its caption (:func:`profiles_caption`)."""
+    title = "Profiles: replicate, mechanism and cross-modal retrieval (mAP)"
+    body = f'<p class="cap">{html.escape(profiles_caption(profiles))}</p>{_png_tag(png, title)}'
+    return f'<h2 id="profiles">{html.escape(title)}</h2>{body}'
 
 
 def figure_section(key: str, title: str, png: Path) -> str:

@@ -33,6 +33,7 @@ class ReportInputs:
         qc_summary: ground-truth QC summary (demo only; HTML only).
         illumination: plate -> its illumination QC CSV (:func:`cellresdm.illumination.falloff_qc`; HTML only).
         table2: the features stage's Table 2 CSV.
+        profiles_summary, profiles_figure: the profiles stage's summary CSV and mAP figure.
     """
 
     dataset: str | os.PathLike | None = None
@@ -52,6 +53,8 @@ class ReportInputs:
     qc_summary: str | os.PathLike | None = None
     table2: str | os.PathLike | None = None
     illumination: Paths = field(default_factory=dict)
+    profiles_summary: str | os.PathLike | None = None
+    profiles_figure: str | os.PathLike | None = None
 
 
 @dataclass
@@ -64,6 +67,7 @@ class ReportOutputs:
         fig6, fig7: copies of the segmentation rule's PNGs.
         table2: copy of the features stage's Table 2 CSV.
         table3, throughput, methods, filtering: the report's CSV tables.
+        profiles, profiles_summary: copies of the profiles stage's mAP figure and summary.
     """
 
     html: str | os.PathLike | None = None
@@ -76,6 +80,8 @@ class ReportOutputs:
     throughput: str | os.PathLike | None = None
     methods: str | os.PathLike | None = None
     filtering: str | os.PathLike | None = None
+    profiles: str | os.PathLike | None = None
+    profiles_summary: str | os.PathLike | None = None
 
     def wanted(self) -> dict[str, Path]:
         """Output name -> path of every wanted output, in field order."""
@@ -107,6 +113,8 @@ def _needs(inputs: ReportInputs) -> dict[str, list[tuple[str, str | os.PathLike 
             *((f"CellProfiler index of {p}", path, False) for p, path in inputs.groundtruth_indexes.items()),
         ],
         "filtering": [(f"filter table of {p}", path, False) for p, path in inputs.fields.items()],
+        "profiles": [("mAP figure of the profiles stage", inputs.profiles_figure, False)],
+        "profiles_summary": [("summary of the profiles stage", inputs.profiles_summary, False)],
     }
 
 

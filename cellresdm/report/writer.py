@@ -16,7 +16,7 @@ from cellresdm.errors import CellResDMError
 from cellresdm.io import atomic_path
 from cellresdm.metrics import quality_ttests
 from cellresdm.report.figures import FIG5_METRICS, fig4_examples, fig5_quality
-from cellresdm.report.page import figure_section, render_page, table_section
+from cellresdm.report.page import figure_section, profiles_section, render_page, table_section
 from cellresdm.report.paths import ReportInputs, ReportOutputs, lacking_inputs
 from cellresdm.report.reading import exists, read_table
 from cellresdm.report.tables import filtering_summary, methods_status, table3_latent, throughput_table
@@ -151,6 +151,25 @@ def write_report(
         path = getattr(inputs, key)
         if optional(path, title):
             sections.append(table_section(key, title, read_table(path, title)))
+
+    # Profiles (the headline evaluation: shown first)
+    profiles_config = dict(config.get("profiles") or {})
+    if "profiles" in wanted:
+        written["profiles"] = wanted["profiles"]
+        with atomic_path(written["profiles"], suffix=".png") as tmp:
+            shutil.copyfile(inputs.profiles_figure, tmp)
+        sections.insert(0, profiles_section(written["profiles"], profiles_config))
+    else:
+        optional(inputs.profiles_figure, "mAP figure of the profiles stage")
+    if "profiles_summary" in wanted:
+        summary = read_table(inputs.profiles_summary, "profiles summary")
+        written["profiles_summary"] = wanted["profiles_summary"]
+        _write_csv(summary, written["profiles_summary"])
+        sections.insert(
+            1 if "profiles" in wanted else 0, table_section("profiles_summary", "Profiles: mAP per source", summary)
+        )
+    else:
+        optional(inputs.profiles_summary, "summary of the profiles stage")
 
     # Table 2 (features stage)
     if "table2" in wanted:
