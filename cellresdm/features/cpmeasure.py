@@ -4,7 +4,6 @@ CellProfiler's."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import pandas as pd
 
 from cellresdm import layout
 from cellresdm.cppipe import COMPARTMENTS, px
-from cellresdm.features.exports import labels_of, read_export
+from cellresdm.features.exports import measure_chunk_in_process
 from cellresdm.features.settings import FeatureSettings
-from cellresdm.io import read_tiff
 
 
 def _rename_cp_measure(name: str, channel: str | None) -> str:
@@ -134,18 +132,12 @@ def cp_measure_chunk(
     cp_out: Path, pics: Path, ids: list[str], settings: FeatureSettings, seconds: dict[str, float]
 ) -> pd.DataFrame:
     """Per-image features of a chunk from CellProfiler's labels and cp_measure; adds its time to ``seconds``."""
-    image = read_export(cp_out, "Image")
-    counts = image.set_index(image["Metadata_Field"].astype(str))
-    rows = []
-    for i in ids:
-        t0 = time.perf_counter()
-        labels = labels_of(cp_out, i)
-        imgs = np.stack([read_tiff(pics / f"{i}_{c}.tiff", ndim=2) for c in layout.IF_CHANNELS]) / 65535.0
-        per_object = measure_objects_cp_measure(labels, imgs, settings)
-        row: dict[str, float] = {f"Image_Count_{o}": float(counts.loc[i, f"Count_{o}"]) for o in COMPARTMENTS}
-        for obj, table in per_object.items():
+
+    def measure(labels: dict[str, np.ndarray], images: np.ndarray, counts: dict[str, float]) -> dict[str, float]:
+        row: dict[str, float] = {f"Image_Count_{o}": n for o, n in counts.items()}
+        for obj, table in measure_objects_cp_measure(labels, images, settings).items():
             values = table.drop(columns="ObjectNumber").replace([np.inf, -np.inf], np.nan)
             row |= {f"{obj}_{k}": v for k, v in values.agg(settings.aggregate).items()}
-        rows.append(row)
-        seconds[i] += time.perf_counter() - t0
-    return pd.DataFrame(rows, index=ids)
+        return row
+
+    return measure_chunk_in_process(cp_out, pics, ids, seconds, measure)

@@ -31,9 +31,8 @@ from cellresdm import layout
 from cellresdm.cppipe import COMPARTMENTS, px
 from cellresdm.errors import CellResDMError
 from cellresdm.features import _kernels
-from cellresdm.features.exports import labels_of, read_export
+from cellresdm.features.exports import measure_chunk_in_process
 from cellresdm.features.settings import FeatureSettings
-from cellresdm.io import read_tiff
 
 _EPS = np.finfo(float).eps
 
@@ -781,14 +780,8 @@ def fast_chunk(
 ) -> pd.DataFrame:
     """Per-image features of a chunk from CellProfiler's labels (segmentation-only run) and
     :func:`measure_field`; adds each image set's measuring time to ``seconds``."""
-    image = read_export(cp_out, "Image")
-    counts = image.set_index(image["Metadata_Field"].astype(str))
-    rows = []
-    for i in ids:
-        t0 = time.perf_counter()
-        labels = labels_of(cp_out, i)
-        imgs = np.stack([read_tiff(pics / f"{i}_{c}.tiff", ndim=2) for c in layout.IF_CHANNELS]) / 65535.0
-        field = measure_field(labels, imgs, settings)
-        rows.append(field_row(field, {o: counts.loc[i, f"Count_{o}"] for o in COMPARTMENTS}, settings.aggregate))
-        seconds[i] += time.perf_counter() - t0
-    return pd.DataFrame(rows, index=ids)
+
+    def measure(labels: dict[str, np.ndarray], images: np.ndarray, counts: dict[str, float]) -> dict[str, float]:
+        return field_row(measure_field(labels, images, settings), counts, settings.aggregate)
+
+    return measure_chunk_in_process(cp_out, pics, ids, seconds, measure)
