@@ -24,6 +24,7 @@ from cellresdm.features import (
     run_cellprofiler_chunk,
 )
 from cellresdm.features.exports import chunk_features
+from cellresdm.features.fast import feature_columns, field_row
 from cellresdm.io import read_tiff
 
 SETTINGS = FeatureSettings.from_config(config.section("features"), segmentation=config.section("groundtruth"))
@@ -229,3 +230,15 @@ def test_measure_field_single_object() -> None:
     cells = measure_field(single, images, SETTINGS).objects["Cells"]
     assert len(cells) == 1 and cells["Neighbors_NumberOfNeighbors_Adjacent"].tolist() == [0.0]
     assert np.isnan(cells["Neighbors_FirstClosestDistance_5"].iloc[0])
+
+
+def test_a_field_without_objects_has_every_column() -> None:
+    """The row of a field has the same columns whatever its objects: the columns of :func:`feature_columns`."""
+    labels, images = _constructed()
+    counts = {o: 2.0 for o in labels}
+    measured = field_row(measure_field(labels, images, SETTINGS), counts, "median")
+    assert list(feature_columns(SETTINGS)) == list(measured)
+    empty = {o: np.zeros_like(lab) for o, lab in labels.items()}
+    row = field_row(measure_field(empty, images, SETTINGS), {o: 0.0 for o in labels}, "median")
+    assert set(row) < set(feature_columns(SETTINGS))  # hence fast_chunk reindexes to feature_columns
+    assert not any(c.startswith("Nuclei_") for c in row)

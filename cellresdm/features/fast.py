@@ -17,6 +17,7 @@ Where and why values differ from CellProfiler's: README, feature stage.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -775,13 +776,33 @@ def field_row(field: FieldMeasurements, counts: Mapping[str, float], aggregate: 
     return row
 
 
+@functools.lru_cache(maxsize=8)
+def feature_columns(settings: FeatureSettings) -> tuple[str, ...]:
+    """Every column of a field's row under ``settings`` (:func:`field_row`), whether or not the field has objects:
+    those of a constructed 96-px field with two round cells around their nuclei (a field without objects gets
+    them as NaN, as the CellProfiler backend writes them)."""
+    yy, xx = np.mgrid[:96, :96]
+    nuclei = np.zeros((96, 96), dtype=np.int32)
+    cells = np.zeros((96, 96), dtype=np.int32)
+    for label, (y, x) in enumerate(((30, 30), (62, 64)), start=1):
+        distance = np.hypot(yy - y, xx - x)
+        cells[distance <= 18] = label
+        nuclei[distance <= 8] = label
+    labels = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": np.where(nuclei > 0, 0, cells)}
+    images = np.random.default_rng(0).uniform(0.1, 0.9, (len(layout.IF_CHANNELS), 96, 96))
+    row = field_row(measure_field(labels, images, settings), {o: 2.0 for o in COMPARTMENTS}, settings.aggregate)
+    return tuple(row)
+
+
 def fast_chunk(
     cp_out: Path, pics: Path, ids: list[str], settings: FeatureSettings, seconds: dict[str, float]
 ) -> pd.DataFrame:
     """Per-image features of a chunk from CellProfiler's labels (segmentation-only run) and
-    :func:`measure_field`; adds each image set's measuring time to ``seconds``."""
+    :func:`measure_field`; adds each image set's measuring time to ``seconds``. Every column of
+    :func:`feature_columns` is there, NaN where a compartment has no object in any field of the chunk."""
 
     def measure(labels: dict[str, np.ndarray], images: np.ndarray, counts: dict[str, float]) -> dict[str, float]:
         return field_row(measure_field(labels, images, settings), counts, settings.aggregate)
 
-    return measure_chunk_in_process(cp_out, pics, ids, seconds, measure)
+    table = measure_chunk_in_process(cp_out, pics, ids, seconds, measure)
+    return table.reindex(columns=list(dict.fromkeys([*feature_columns(settings), *table.columns])))
