@@ -13,8 +13,8 @@ import pytest
 
 from cellresdm.config import section
 from cellresdm.dataset import NormSettings, PlateInput, build_dataset
+from cellresdm.download import download_plate
 from cellresdm.filters import FilterSettings, filter_fields
-from cellresdm.gallery import download_plate
 from cellresdm.groundtruth import GroundTruthSettings, run_cellprofiler
 from cellresdm.synth import SynthConfig, SynthPlate, Treatment, make_field, write_plate
 

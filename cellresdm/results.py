@@ -93,7 +93,7 @@ OUTPUTS: tuple[Output, ...] = (
         "raw/{plate}/images",
         "download",
         "download",
-        "cellresdm.gallery.download_plate",
+        "cellresdm.download.download_plate",
         "the plate's image files under their gallery names, checked against the bucket listing",
     ),
     Output(
@@ -101,7 +101,7 @@ OUTPUTS: tuple[Output, ...] = (
         "raw/{plate}/illum",
         "download",
         "download",
-        "cellresdm.gallery.download_plate",
+        "cellresdm.download.download_plate",
         "the plate's illumination functions `{plate}_Illum{channel}.npy` (H x W float, divide), when the gallery "
         "has all 8 and `gallery.illumination` is on",
     ),
@@ -110,7 +110,7 @@ OUTPUTS: tuple[Output, ...] = (
         "raw/{plate}/load_data.parquet",
         "download",
         "download",
-        "cellresdm.gallery.download_plate",
+        "cellresdm.download.download_plate",
         "one row per field: Metadata_* columns, `path_{channel}` (local path) of the 8 channels and "
         "`illum_{channel}` (local path of its illumination function; None on every row of an uncorrected plate)",
     ),

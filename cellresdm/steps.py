@@ -68,7 +68,7 @@ def download(
     """Fetch one plate (config section ``gallery``): image files into ``images_dir``, the table to
     ``load_data_out``, and, with ``gallery.illumination`` on, its illumination functions into ``illum_dir``
     (None fetches none)."""
-    from cellresdm.gallery import download_plate
+    from cellresdm.download import download_plate
 
     return download_plate(
         plate,

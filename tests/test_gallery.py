@@ -26,8 +26,9 @@ from s3_fixtures import (
 )
 
 from cellresdm import layout
+from cellresdm.download import download_plate
 from cellresdm.errors import GalleryError
-from cellresdm.gallery import download_plate, fetch_load_data, key_column, read_load_data
+from cellresdm.gallery import fetch_load_data, key_column, read_load_data
 
 # the fixtures of s3_fixtures, made visible to pytest in this module
 moto_s3, gallery_s3, fault_proxy = s3_fixtures.moto_s3, s3_fixtures.gallery_s3, s3_fixtures.fault_proxy

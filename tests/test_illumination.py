@@ -21,9 +21,9 @@ from test_dataset import make_plate as make_dataset_plate
 from cellresdm import layout, synth
 from cellresdm.config import validate_config
 from cellresdm.dataset import NormSettings, build_dataset
+from cellresdm.download import download_plate
 from cellresdm.errors import CellResDMError, GalleryError, IlluminationError
 from cellresdm.filters import FilterSettings, filter_fields
-from cellresdm.gallery import download_plate
 from cellresdm.groundtruth import GroundTruthSettings, run_cellprofiler
 from cellresdm.illumination import (
     PlateIllumination,
