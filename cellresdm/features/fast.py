@@ -4,7 +4,8 @@
 Per compartment the objects become runs of pixel indices (one stable sort of the label image), and every
 measurement is a per-run reduction: numpy ``reduceat``/``bincount`` for intensity, colocalisation and radial
 distribution, one co-occurrence pass per channel, scale and direction over all objects for Haralick texture
-(numba, :mod:`cellresdm.features._kernels`), one opening series per channel over the whole subsampled image
+(numba, :mod:`~cellresdm.features._texture_kernels`, :mod:`~cellresdm.features._morphology_kernels`,
+:mod:`~cellresdm.features._object_kernels`), one opening series per channel over the whole subsampled image
 for granularity (its per-object means are one sparse product with the bilinear upsampling weights), one
 Dijkstra over all objects for the radial distances, and Zernike moments summed over all labelled pixels at
 once. Names are CellProfiler's (``Texture_Contrast_DNA_3_00_256``, ``Intensity_MeanIntensity_RNA``).
@@ -31,7 +32,9 @@ import scipy.sparse
 from cellresdm import layout
 from cellresdm.cppipe import COMPARTMENTS, px
 from cellresdm.errors import CellResDMError
-from cellresdm.features import _kernels
+from cellresdm.features import _morphology_kernels as morphology_kernels
+from cellresdm.features import _object_kernels as object_kernels
+from cellresdm.features import _texture_kernels as texture_kernels
 from cellresdm.features.exports import measure_chunk_in_process
 from cellresdm.features.settings import FeatureSettings
 
@@ -81,7 +84,7 @@ class _Objects:
 
 def _levels(img: np.ndarray) -> np.ndarray | None:
     """``img`` * 65535 as uint16 if its values are uint16 levels (as CellProfiler reads 16-bit TIFFs), else None."""
-    u, exact = _kernels.uint16_levels(np.ascontiguousarray(img, np.float64))
+    u, exact = object_kernels.uint16_levels(np.ascontiguousarray(img, np.float64))
     return u if exact and u.size else None
 
 
@@ -91,7 +94,7 @@ def _intensity(
     """MeasureObjectIntensity: 15 intensity and 6 location features of every object (``levels``: :func:`_levels`
     of ``img``)."""
     area = o.counts.astype(float)
-    stats = _kernels.intensity_stats(img, o.order, o.starts)
+    stats = object_kernels.intensity_stats(img, o.order, o.starts)
     total, std, vmin, vmax = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
     mean = total / area
     last = stats[:, 4].astype(np.int64)  # the maximum's position: the last in C order among ties (maximum_position)
@@ -100,12 +103,12 @@ def _intensity(
         cmi_x, cmi_y = stats[:, 7] / total, stats[:, 8] / total
     if levels is not None:  # uint16 levels: one sort of (object, level) keys instead of one sort per object
         keys = np.sort((o.obj.astype(np.int64) << 16) | levels.ravel()[o.order].astype(np.int64))
-        q = _kernels.object_quantiles((keys & 0xFFFF) / 65535.0, o.starts, True)
+        q = object_kernels.object_quantiles((keys & 0xFFFF) / 65535.0, o.starts, True)
     else:
-        q = _kernels.object_quantiles(img.ravel()[o.order], o.starts, False)
+        q = object_kernels.object_quantiles(img.ravel()[o.order], o.starts, False)
     # the edge: objects of the boundary label image (every object has one; placed by label to be sure)
     at = np.searchsorted(o.ids, edge.ids)
-    estats = _kernels.intensity_stats(img, edge.order, edge.starts)
+    estats = object_kernels.intensity_stats(img, edge.order, edge.starts)
     has = np.zeros(o.n, bool)
     has[at] = True
     ecount, etotal, estd, emin, emax = (np.zeros(o.n) for _ in range(5))
@@ -162,11 +165,11 @@ def _gray(img: np.ndarray, levels: int) -> np.ndarray:
 
 
 def _texture_names(channel: str, scale: int, levels: int) -> list[str]:
-    return [f"Texture_{f}_{channel}_{scale}_{d:02d}_{levels}" for d in range(4) for f in _kernels.HARALICK]
+    return [f"Texture_{f}_{channel}_{scale}_{d:02d}_{levels}" for d in range(4) for f in texture_kernels.HARALICK]
 
 
 def _texture(o: _Objects, gray: np.ndarray, channel: str, scale: int, levels: int) -> dict[str, np.ndarray]:
-    feats = _kernels.haralick(gray, o.labels, o.order, o.starts, scale, True).reshape(o.n, 52)
+    feats = texture_kernels.haralick(gray, o.labels, o.order, o.starts, scale, True).reshape(o.n, 52)
     feats[~np.isfinite(feats)] = 0.0  # CellProfiler records non-finite texture as 0
     return dict(zip(_texture_names(channel, scale, levels), feats.T, strict=True))
 
@@ -174,7 +177,7 @@ def _texture(o: _Objects, gray: np.ndarray, channel: str, scale: int, levels: in
 def _image_texture(gray: np.ndarray, channel: str, scale: int, levels: int) -> dict[str, float]:
     h, w = gray.shape
     ones = np.ones((1, 1), np.int32)
-    feats = _kernels.haralick(gray, ones, np.zeros(1, np.int64), np.array([0, h * w]), scale, False, True)
+    feats = texture_kernels.haralick(gray, ones, np.zeros(1, np.int64), np.array([0, h * w]), scale, False, True)
     feats = np.nan_to_num(feats.reshape(52), nan=0.0, posinf=0.0, neginf=0.0)
     return dict(zip(_texture_names(channel, scale, levels), feats.tolist(), strict=True))
 
@@ -227,7 +230,7 @@ def _granularity(
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """MeasureGranularity of one channel: image spectrum and {compartment: (n, range) per-object spectrum}
     (``up``: per compartment the objects' bilinear weights of the subsampled pixels,
-    :func:`_kernels.upsampling_weights`)."""
+    :func:`morphology_kernels.upsampling_weights`)."""
     pix = np.asarray(img, np.float32)
     sub, back = s.granularity_subsample, s.granularity_background_subsample
     new_shape = _resize_shape(pix.shape, sub) if sub < 1 else np.array(pix.shape, float)
@@ -249,10 +252,10 @@ def _granularity(
     start = float(np.mean(pixels))
     current = start
     start = max(start, _EPS)
-    seeds = _kernels.erosion_series(pixels, ng)
+    seeds = morphology_kernels.erosion_series(pixels, ng)
     # every reconstruction of the erosions under the same image: one max-tree
     order = np.argsort(pixels.ravel(), kind="stable")
-    recs = _kernels.reconstruct_levels(_kernels.max_tree(pixels, order), order, pixels, seeds)
+    recs = morphology_kernels.reconstruct_levels(morphology_kernels.max_tree(pixels, order), order, pixels, seeds)
     means = recs.mean(0, dtype=np.float64)
     image: dict[str, float] = {}
     for k in range(ng):
@@ -293,7 +296,7 @@ def _correlation(
     ranks = np.empty(values.shape, np.int32)
     for c, (v, u) in enumerate(zip(values, levels, strict=True)):
         ranks[c] = _dense_rank(v, u)
-    cross, spread, tot, both, any_both = _kernels.colocalization_sums(values, o.starts, ranks, threshold / 100)
+    cross, spread, tot, both, any_both = object_kernels.colocalization_sums(values, o.starts, ranks, threshold / 100)
     q = 0
     with np.errstate(invalid="ignore", divide="ignore"):
         for a in range(len(chans)):
@@ -353,7 +356,7 @@ def _radial_geometry(o: _Objects, d_edge: np.ndarray, bins: int) -> tuple[np.nda
     edge): per entry of ``o.order`` the bin (-1 where unreached) and the octant index; the objects' centres."""
     at_max = np.where(d_edge == np.maximum.reduceat(d_edge, o.starts[:-1])[o.obj], np.arange(len(d_edge)), -1)
     centre = np.maximum.reduceat(at_max, o.starts[:-1])  # last in C order among ties (maximum_position)
-    dist = _kernels.geodesic_distance(o.labels, o.order[centre]).ravel()[o.order]
+    dist = morphology_kernels.geodesic_distance(o.labels, o.order[centre]).ravel()[o.order]
     good = dist >= 0
     norm = np.where(good, dist / (dist + d_edge + 0.001), 0.0)
     bin_index = np.minimum((norm * bins).astype(np.int64), bins)
@@ -409,14 +412,14 @@ def _zernike(o: _Objects) -> dict[str, np.ndarray]:
             coef[q, k] = (
                 (-1) ** k * factorial(n - k) / (factorial(k) * factorial((n + m) // 2 - k) * factorial(deg - k))
             )
-    sums = _kernels.zernike_sums(o.obj, yy, xx, o.n, nm, coef)
+    sums = object_kernels.zernike_sums(o.obj, yy, xx, o.n, nm, coef)
     area = np.pi * radii**2
     return {f"AreaShape_Zernike_{n}_{m}": np.abs(sums[:, q]) / area for q, (n, m) in enumerate(nm)}
 
 
 def _shape(o: _Objects, radii: tuple[np.ndarray, np.ndarray], zernike: bool) -> dict[str, np.ndarray]:
     """MeasureObjectSizeShape (no advanced features) of every object: skimage regionprops' values (moments,
-    bounding box, perimeter, Euler number and convex area from :func:`_kernels.shape_counts`), centrosome's Feret
+    bounding box, perimeter, Euler number and convex area from :func:`object_kernels.shape_counts`), centrosome's Feret
     diameters."""
     from centrosome.cpmorphology import convex_hull, feret_diameter
 
@@ -432,7 +435,7 @@ def _shape(o: _Objects, radii: tuple[np.ndarray, np.ndarray], zernike: bool) -> 
     l1, l2 = eig[:, 1], eig[:, 0]
     a_, b_, c_ = tensor[:, 0, 0], tensor[:, 0, 1], tensor[:, 1, 1]
     orientation = np.where(a_ - c_ == 0, np.where(b_ < 0, -np.pi / 4, np.pi / 4), 0.5 * np.arctan2(-2 * b_, c_ - a_))
-    counts = _kernels.shape_counts(o.labels, o.order, o.starts)
+    counts = object_kernels.shape_counts(o.labels, o.order, o.starts)
     y0, x0, y1, x1, perim, euler, convex = counts.T
     bbox_area = (y1 - y0) * (x1 - x0)
     max_r, rest = radii
@@ -534,7 +537,7 @@ def _neighbors(o: _Objects, depth: np.ndarray, obj: str, s: FeatureSettings) -> 
         outline[b] |= differ
     outline[[0, -1], :] = outline[:, [0, -1]] = True
     for suffix, d in methods:
-        counts = _kernels.neighbor_counts(lab, o.order, o.starts, depth, outline, _offsets(d), _offsets(d + 0.5))
+        counts = object_kernels.neighbor_counts(lab, o.order, o.starts, depth, outline, _offsets(d), _offsets(d + 0.5))
         with np.errstate(invalid="ignore", divide="ignore"):
             percent = counts[:, 1] * 100 / counts[:, 2]
         out |= {
@@ -718,7 +721,7 @@ def measure_field(
         small = (int(np.ceil(new_shape[0])), int(np.ceil(new_shape[1])))  # np.mgrid's length, as _sample
         for obj, o in present.items():
             fy, fx = _upsample_scale(shape, new_shape)
-            csr = _kernels.upsampling_weights(o.starts, o.y, o.x, fy, fx, small)
+            csr = morphology_kernels.upsampling_weights(o.starts, o.y, o.x, fy, fx, small)
             up[obj] = scipy.sparse.csr_matrix(csr[::-1], shape=(o.n, small[0] * small[1]))
     tick("granularity setup")
     levels = [_levels(img) for img in imgs]
