@@ -50,7 +50,7 @@ __all__ = ["DownloadStats", "download_plate"]
 
 _log = logging.getLogger(__name__)
 
-#: Suffix of the temporaries a download writes before renaming (``.<file name>.<random>.part``).
+#: Suffix of the temporaries a download writes before renaming (``.<file name>.part.part``, cellresdm.io).
 PART_SUFFIX = ".part"
 
 

@@ -1,17 +1,16 @@
 """Atomic file output, validated image input and checked torch file loading.
 
 Every output of the pipeline is written to a temporary sibling and renamed into place, so an interrupted
-job never leaves a half-written file that a rerun would mistake for a finished one. The temporaries get the
-modes a plain write would give (``tempfile`` makes them private: files 0600, folders 0700).
+job never leaves a half-written file that a rerun would mistake for a finished one. The temporary of an output
+has a fixed name (``.NAME.part{suffix}``), so the next write replaces what a killed writer left, and it gets the
+mode a plain write would give under the umask.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,21 +43,19 @@ def plain_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~current_umask()
 
 
-#: Marks the temporary siblings of an output being written (``.{name}.part-{random}{suffix}``).
-_PART = ".part-"
+def _part(target: Path, suffix: str) -> Path:
+    """The temporary sibling an output is written to (``.{name}.part{suffix}``). One job writes an output at a
+    time, so the name is fixed: a part left by a writer that was killed (SIGKILL, node failure) is replaced by
+    the next write of the same output, without listing the folder."""
+    return target.parent / f".{target.name}.part{suffix}"
 
 
-def _remove_stale_parts(target: Path) -> None:
-    """Delete temporary siblings of ``target`` left by a writer that was killed (SIGKILL, node failure): one job
-    writes an output at a time, so any such sibling is stale."""
-    stale = re.compile(re.escape(f".{target.name}{_PART}") + r"[a-z0-9_]{8}(\.tmp|\.old)?" + r"(\.\w+)?$")
-    for entry in target.parent.iterdir():
-        if stale.match(entry.name):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 @contextlib.contextmanager
@@ -69,12 +66,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(target)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}{_PART}", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _part(target, suffix if suffix is not None else target.suffix)
+    _remove(tmp)
+    tmp.touch()
     try:
         tmp.chmod(plain_mode())
         yield tmp
@@ -91,14 +85,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     on error it is deleted. Readers never see a half-written directory output (e.g. a zarr store)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_PART}", suffix=".tmp", dir=target.parent))
+    tmp, old = _part(target, ".tmp"), _part(target, ".old")
+    for stale in (tmp, old):
+        _remove(stale)
+    tmp.mkdir()
     try:
         tmp.chmod(plain_mode(directory=True))
         yield tmp
         if target.exists() or target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}{_PART}", suffix=".old", dir=target.parent))
-            old.rmdir()
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)

@@ -106,12 +106,12 @@ def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path, umask):
 def test_a_killed_writers_parts_are_removed_by_the_next_write(tmp_path):
     """A SIGKILL leaves the temporary sibling of an output behind; the next write of that output removes it."""
     store, table = tmp_path / "s.zarr", tmp_path / "t.parquet"
-    stale_dir = tmp_path / ".s.zarr.part-ab12cd34.tmp"
+    stale_dir = tmp_path / ".s.zarr.part.tmp"
     stale_dir.mkdir()
     (stale_dir / "chunk").write_bytes(b"half")
-    stale_file = tmp_path / ".t.parquet.part-zz99yy88.parquet"
+    stale_file = tmp_path / ".t.parquet.part.parquet"
     stale_file.write_bytes(b"half")
-    unrelated = [tmp_path / ".s.zarr.keep", tmp_path / ".other.zarr.part-ab12cd34.tmp"]
+    unrelated = [tmp_path / ".s.zarr.keep", tmp_path / ".other.zarr.part.tmp"]
     for path in unrelated:
         path.write_text("x")
     with atomic_dir(store) as tmp:
