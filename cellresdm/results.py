@@ -375,7 +375,8 @@ OUTPUTS: tuple[Output, ...] = (
         "features",
         "features",
         "cellresdm.features.gather_features",
-        "CellProfiler measurements, median per image, pycytominer column names (`source`: real or a method)",
+        "CellProfiler's measurements under its names (`fast` backend by default), median per image, pycytominer "
+        "column names (`source`: real, a method or bf_copy)",
     ),
     Output(
         "features_shard",
