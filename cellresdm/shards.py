@@ -14,6 +14,7 @@ A whole-plate block (``well_block: null``) is the single shard ``A01-P24``: the 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,6 +98,14 @@ def shard_rows(fields: pd.DataFrame, plate: str, shard: str, plate_column: str, 
         return np.zeros(0, dtype=np.int64)
     mask = (fields[plate_column].astype(str).to_numpy() == plate) & block.contains(fields[well_column])
     return np.flatnonzero(mask).astype(np.int64)
+
+
+def store_shard_rows(store: str | os.PathLike, plate: str, shard: str) -> np.ndarray:
+    """Row positions of an image store (dataset or predictions, :mod:`cellresdm.stores`) that hold the fields of
+    ``plate`` in the wells of ``shard``."""
+    from cellresdm.stores import open_if_images
+
+    return shard_rows(open_if_images(store).fields, plate, shard, "plate", "well")
 
 
 def shard_runtime(n_fields: int, seconds_per_field: float, margin: float, minimum: int) -> int:

@@ -18,7 +18,7 @@ import pandas as pd
 from cellresdm import io
 from cellresdm.errors import CellResDMError
 from cellresdm.layout import GalleryLayout
-from cellresdm.shards import shard_rows
+from cellresdm.shards import shard_rows, store_shard_rows
 
 log = logging.getLogger("cellresdm")
 
@@ -341,7 +341,6 @@ def sample_method(
 
     from cellresdm.methods import build_method
     from cellresdm.sample import SampleSettings, predict_dataset
-    from cellresdm.stores import open_dataset
     from cellresdm.train import load_model_weights
 
     checkpoint_config = torch.load(model_path, map_location="cpu", weights_only=False)["config"]
@@ -355,7 +354,7 @@ def sample_method(
     sampling = SampleSettings.from_config(settings)
     rows = None
     if shard is not None:
-        rows = shard_rows(open_dataset(dataset_path, arrays=()).fields, *shard, "plate", "well")
+        rows = store_shard_rows(dataset_path, *shard)
         log.info("%s: shard %s of plate %s, %d fields", name, shard[1], shard[0], len(rows))
     return predict_dataset(method, dataset_path, out, sampling, benchmark_out=benchmark_out, log=log, rows=rows)
 

@@ -3,15 +3,13 @@ test split."""
 
 from cellresdm.features import FeatureSettings, extract_features
 from cellresdm.logs import step_logging
-from cellresdm.shards import shard_rows
-from cellresdm.stores import open_if_images
+from cellresdm.shards import store_shard_rows
 
 with step_logging(snakemake.log[0]) as log:
     # segmentation keys (pixel size, bounds) come from the ground-truth section; features.segmentation overrides
     settings = FeatureSettings.from_config(
         dict(snakemake.params.settings), segmentation=dict(snakemake.params.segmentation)
     )
-    fields = open_if_images(snakemake.input.images).fields
     extract_features(
         snakemake.input.images,
         snakemake.wildcards.source,
@@ -22,5 +20,5 @@ with step_logging(snakemake.log[0]) as log:
         workers=max(int(snakemake.threads), 1),
         log=log,
         reference=snakemake.input.dataset,
-        rows=shard_rows(fields, snakemake.wildcards.plate, snakemake.wildcards.shard, "plate", "well"),
+        rows=store_shard_rows(snakemake.input.images, snakemake.wildcards.plate, snakemake.wildcards.shard),
     )

@@ -3,11 +3,9 @@
 from cellresdm.logs import step_logging
 from cellresdm.segment import InstanceSettings
 from cellresdm.segment_step import segment_predictions
-from cellresdm.shards import shard_rows
-from cellresdm.stores import open_predictions
+from cellresdm.shards import store_shard_rows
 
 with step_logging(snakemake.log[0]) as log:
-    fields = open_predictions(snakemake.input.predictions, arrays=()).fields
     segment_predictions(
         snakemake.input.predictions,
         snakemake.output.instances,
@@ -15,5 +13,5 @@ with step_logging(snakemake.log[0]) as log:
         # the rule's threads (Snakemake scales them to the cores it has) decide how many fields run at once
         workers=max(int(snakemake.threads), 1),
         log=log,
-        rows=shard_rows(fields, snakemake.wildcards.plate, snakemake.wildcards.shard, "plate", "well"),
+        rows=store_shard_rows(snakemake.input.predictions, snakemake.wildcards.plate, snakemake.wildcards.shard),
     )
