@@ -97,6 +97,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.step == "train-vqgan":
         from cellresdm.methods.vqgan import train_vqgan
 
+        steps.use_threads(config["train"]["threads"])
         train_vqgan(config, args.dataset or results.dataset("train"), args.out_dir or results.model_dir(steps.VQGAN))
     elif args.step == "dataset":
         plates = cfg.plates_in_split(config, args.split)
@@ -148,6 +149,7 @@ def _run_profiles(args: argparse.Namespace, config: dict, results: ResultsLayout
 
 def _run_models(args: argparse.Namespace, config: dict, results: ResultsLayout) -> None:
     if args.step == "train":
+        steps.use_threads(config["train"]["threads"])  # as the train rule, so both give the same weights
         steps.train_method(
             args.method,
             config,

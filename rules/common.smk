@@ -397,5 +397,10 @@ def method_train_config(wildcards):
     return {wildcards.method: section, "train": config["train"]}
 
 
+def train_threads(wildcards):
+    """CPU threads of a training job (config ``train.threads``): torch uses exactly these (cellresdm.steps.use_threads)."""
+    return config["train"]["threads"]
+
+
 def vqgan_train_config(wildcards):
     return {"vqgan": config["vqgan"], "train": config["train"]}

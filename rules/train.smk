@@ -15,7 +15,7 @@ rule train:
     retries: 1
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: train_threads
     resources:
         mem_mb=16000,
         runtime=2880,
@@ -39,7 +39,7 @@ rule train_vqgan:
     retries: 1
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: train_threads
     resources:
         mem_mb=16000,
         runtime=1440,
