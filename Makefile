@@ -7,7 +7,7 @@ CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake
 export JAVA_HOME ?= /usr/lib/jvm/java-17-openjdk-amd64
 
-.PHONY: setup demo test bench lint docs clean-demo
+.PHONY: setup demo demo-seeds test bench lint docs clean-demo
 
 ## setup: create the main environment (.venv) and the CellProfiler 4.2.8.1 one (.venv-cp) if missing
 setup: $(VENV)/.installed $(CP_VENV)/.installed
@@ -27,6 +27,12 @@ $(CP_VENV)/.installed: requirements/cellprofiler-py39.lock.txt scripts/setup_cel
 demo: setup
 	$(SNAKEMAKE) --cores $(CORES) --rerun-incomplete
 	$(SNAKEMAKE) --cores $(CORES) --report $$($(BIN)/python -m cellresdm.results snakemake_report)
+
+## demo-seeds: after `make demo`, retrain CellResDM and the one-pass methods with training seeds SEEDS (default 1 2)
+## in demo_seeds/seed{N}/ and print the quality bars of every run and their spread over the seeds
+SEEDS ?= 1 2
+demo-seeds: setup
+	CORES=$(CORES) scripts/demo_seeds.sh $(SEEDS)
 
 ## test: unit tests and tiny end-to-end runs of the Snakefile
 test: setup
@@ -48,4 +54,4 @@ docs: setup
 	$(BIN)/python -m cellresdm.results --update-design docs/design.md
 
 clean-demo:
-	rm -rf "$$($(BIN)/python -c 'from cellresdm.results import DEFAULT_ROOT; print(DEFAULT_ROOT)')" .snakemake
+	rm -rf "$$($(BIN)/python -c 'from cellresdm.results import DEFAULT_ROOT; print(DEFAULT_ROOT)')" .snakemake demo_seeds

@@ -14,8 +14,10 @@ from cellresdm import steps
 from cellresdm.compare import compare_results
 from cellresdm.errors import CellResDMError
 from cellresdm.logs import step_logging
+from cellresdm.quality_bars import quality_bars_markdown
 from cellresdm.results import ResultsLayout, markdown_table
 from cellresdm.shards import whole_plate
+from cellresdm.stage_times import latest_snakemake_log, stage_times_markdown
 
 
 def _plate(config: dict, plate_id: str) -> dict:
@@ -32,6 +34,13 @@ def _run(args: argparse.Namespace) -> None:
         return
     if args.step == "outputs":
         sys.stdout.write(markdown_table())
+        return
+    if args.step == "quality-bars":
+        sys.stdout.write(quality_bars_markdown(args.results_folders))
+        return
+    if args.step == "stage-times":
+        log = args.snakemake_log or latest_snakemake_log(".")
+        sys.stdout.write(stage_times_markdown(ResultsLayout(args.results).benchmarks_dir(), log))
         return
     config = cfg.load_config(args.config)
     results = ResultsLayout(args.results)
@@ -251,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("old")
     compare.add_argument("new")
     sub.add_parser("outputs", help="print every output path of the pipeline, its stage, rule and writer")
+    bars = sub.add_parser("quality-bars", help="the demo's quality bars per results folder and their spread over them")
+    bars.add_argument("results_folders", nargs="+", metavar="RESULTS")
+    times = sub.add_parser("stage-times", help="a run's job time per stage (Snakemake benchmarks) and its wall time")
+    times.add_argument("--snakemake-log", help="default: the newest .snakemake/log/*.snakemake.log here")
     return parser
 
 

@@ -792,6 +792,10 @@ class ResultsLayout:
     def benchmark(self, stage: str, name: str) -> str:
         return self.path("benchmark", stage=stage, name=name)
 
+    def benchmarks_dir(self) -> str:
+        """The folder holding every stage's benchmark folder (``cellresdm stage-times`` reads it)."""
+        return posixpath.dirname(posixpath.dirname(self.benchmark("stage", "name")))
+
 
 #: File name of the validated config that the torchrun workers of a multi-GPU training read, in the model folder.
 LAUNCH_CONFIG_NAME = "launch_config.json"
@@ -804,6 +808,20 @@ def field_labels_name(field: str) -> str:
 
 #: The report items of :meth:`ResultsLayout.report`, in :data:`OUTPUTS` order.
 REPORT_ITEMS: tuple[str, ...] = tuple(o.name.removeprefix("report_") for o in OUTPUTS if o.name.startswith("report_"))
+
+
+#: Stages whose outputs do not depend on training (a rerun with another ``train.seed`` reuses them).
+DATA_STAGES: tuple[str, ...] = ("synthetic gallery", "download", "filter", "ground truth", "dataset")
+
+
+def data_stage_folders() -> list[str]:
+    """Top-level folders of the :data:`DATA_STAGES` outputs, in pipeline order (scripts/demo_seeds.sh copies them)."""
+    folders: list[str] = []
+    for output in OUTPUTS:
+        folder = output.template.split("/")[0]
+        if output.stage in DATA_STAGES and folder not in folders:
+            folders.append(folder)
+    return folders
 
 
 def markdown_table() -> str:

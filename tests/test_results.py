@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cellresdm import results
-from cellresdm.results import OUTPUTS, REPORT_ITEMS, ResultsLayout, markdown_table
+from cellresdm.results import OUTPUTS, REPORT_ITEMS, ResultsLayout, data_stage_folders, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 #: The top-level output folders of a results folder.
@@ -104,3 +104,9 @@ def test_file_names_written_inside_a_step_folder_agree_with_the_layout():
     assert results.field_labels_name("r02c02f01") == "r02c02f01_labels.tiff"
     launch = next(o for o in results.OUTPUTS if o.name == "model_dir")
     assert results.LAUNCH_CONFIG_NAME in launch.content  # the launcher's file, named where the folder is
+
+
+def test_data_stage_folders_hold_what_training_does_not_change():
+    folders = data_stage_folders()
+    assert folders[:2] == ["demo_gallery", "demo_truth"] and "datasets" in folders and "groundtruth" in folders
+    assert not {"models", "predictions", "metrics", "features", "logs", "benchmarks"} & set(folders)
