@@ -157,7 +157,10 @@ def filter_predict_settings(wildcards):
 
 
 def predict_pixel_size(wildcards):
-    return PLATES[wildcards.plate]["pixel_size_um"] or config["groundtruth"]["pixel_size_um"]
+    return (
+        PLATES[wildcards.plate]["pixel_size_um"]
+        or config["groundtruth"]["pixel_size_um"]
+    )
 
 
 def predict_platemap(wildcards):
@@ -177,7 +180,15 @@ def predict_input(wildcards):
 
 def predict_config():
     """The config sections the predict rule reads."""
-    keys = ("predict", "sample", "instances", "features", "groundtruth", "omezarr", "profiles")
+    keys = (
+        "predict",
+        "sample",
+        "instances",
+        "features",
+        "groundtruth",
+        "omezarr",
+        "profiles",
+    )
     return {key: config[key] for key in keys}
 
 
@@ -198,7 +209,11 @@ def predict_outputs():
 
 
 def predict_montages():
-    return [RESULTS.predict_montage(m, p) for m in predict_methods() for p in predict_plates()]
+    return [
+        RESULTS.predict_montage(m, p)
+        for m in predict_methods()
+        for p in predict_plates()
+    ]
 
 
 def predict_montage_names():
