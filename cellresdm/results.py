@@ -216,10 +216,11 @@ OUTPUTS: tuple[Output, ...] = (
         "model_export",
         "models/{method}/{method}.cellresdm.pt",
         "train",
-        "(cellresdm export)",
-        "cellresdm.export.export_model",
+        "export_model (predict plates); cellresdm export",
+        "cellresdm.predict.export_with_reference",
         "the self-contained model file: EMA weights, method config, input planes, output channels, pixel size, "
-        "normalisation with the training plates' percentiles, package version (cellresdm.export)",
+        "normalisation with the training plates' percentiles, package version (cellresdm.export), the predict "
+        "plates' QC reference (training BF statistics, the model's uncertainty)",
     ),
     Output(
         "train_log",

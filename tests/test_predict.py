@@ -302,3 +302,38 @@ def test_config_checks_fail_at_start_naming_the_key(tmp_path):
     validate_config(
         {"plates": plates[1:], "methods": [], "predict": {"methods": ["unet"], "model": {"unet": str(given)}}}
     )
+
+
+def test_an_in_focus_model_records_its_plane_and_takes_one_plane_plates(env, tmp_path):
+    from cellresdm.export import PlateInputs, export_model, load_exported_model, read_export
+    from cellresdm.predict import build_inputs, plate_planes
+    from cellresdm.stores import open_dataset
+
+    tmp, config = env["tmp"], env["config"]
+    train = open_dataset(env["dataset"], arrays=())
+    assert train.attrs["bf_planes"] == list(layout.BF_CHANNELS)
+    ld = pd.read_parquet(tmp / "raw" / "TRAIN1" / "load_data.parquet")
+    in_focus = tmp_path / "in_focus.zarr"
+    fields = pd.read_parquet(tmp / "fields" / "TRAIN1.parquet")
+    plate = PlateInput("TRAIN1", "A549", fields, ld, tmp / "truth" / "TRAIN1")
+    build_dataset([plate], in_focus, NormSettings.from_config(config["dataset"]), progress=False, bf_planes="in_focus")
+    bf = np.asarray(open_dataset(in_focus, arrays=("bf",))["bf"][0])
+    assert np.array_equal(bf[1], bf[0]) and np.array_equal(bf[2], bf[0])
+    model = export_model("cellresdm", tmp / "model.pt", in_focus, tmp_path / "one.pt", 0.598)
+    assert read_export(model)["inputs"]["planes"] == ["Brightfield"]
+
+    # a plate with the in-focus plane only: the three-plane model refuses it, the in-focus model takes it
+    one = pd.read_parquet(env["load_data"])
+    one[[layout.path_column("HighZBF"), layout.path_column("LowZBF")]] = None
+    assert plate_planes(one) == ("Brightfield",)
+    expect = PlateInputs("plate PRED1", plate_planes(one), 0.598, "plate")
+    with pytest.raises(CellResDMError, match="lacks HighZBF, LowZBF"):
+        load_exported_model(env["model"], expect=expect)
+    info = load_exported_model(model, expect=expect).info
+    kept = _filter(env, load_data=None)
+    build_inputs("PRED1", "A549", one, pd.read_parquet(kept), info, tmp_path / "inputs.zarr")
+    store = open_dataset(tmp_path / "inputs.zarr", arrays=("bf",))
+    bf = np.asarray(store["bf"][0])
+    assert store.attrs["bf_planes"] == ["Brightfield"] and np.array_equal(bf[1], bf[0]) and bf.max() > 0
+    norm = store.norm().set_index("channel")
+    assert norm.loc["LowZBF", "low"] == norm.loc["Brightfield", "low"]
