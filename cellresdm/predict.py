@@ -526,6 +526,49 @@ def well_table(
     return table
 
 
+def truth_scores(instances: str | os.PathLike, truth_dir: str | os.PathLike, iou: float = 0.5) -> pd.DataFrame:
+    """Predicted nuclei and cells of a plate against true labels (the demo generator's ``{field}_labels.tiff``,
+    (2, H, W) nuclei and cells): one row per field and object with n_true, n_pred, tp, fp, fn, precision, recall
+    and f1 at IoU ``iou`` (:func:`stardist.matching.matching`), then one row per object pooled over the fields
+    (field ``all``).
+
+    Raises:
+        CellResDMError: a field's truth file is missing or of another shape.
+    """
+    from stardist.matching import matching
+
+    from cellresdm.io import read_tiff
+    from cellresdm.results import field_labels_name
+    from cellresdm.stores import open_instances
+
+    store = open_instances(instances, columns=("field",))
+    rows = []
+    for i, field in enumerate(store.fields["field"].astype(str)):
+        path = Path(truth_dir) / field_labels_name(field)
+        if not path.is_file():
+            raise CellResDMError(f"{path}: no true labels of field {field} (of {store.path})")
+        truth = read_tiff(path, ndim=3)
+        for k, obj in enumerate(layout.OBJECT_CHANNELS):
+            pred = np.asarray(store[obj][i])
+            if truth[k].shape != pred.shape:
+                raise CellResDMError(f"{path}: labels of {truth[k].shape}, the predictions {pred.shape}")
+            m = matching(truth[k].astype(np.int32), pred, thresh=iou, criterion="iou", report_matches=False)
+            rows.append(
+                {
+                    "field": field,
+                    "object": obj,
+                    **{k2: int(getattr(m, k2)) for k2 in ("n_true", "n_pred", "tp", "fp", "fn")},
+                }
+            )
+    table = pd.DataFrame(rows)
+    pooled = table.groupby("object", sort=False)[["n_true", "n_pred", "tp", "fp", "fn"]].sum().reset_index()
+    table = pd.concat([table, pooled.assign(field="all")], ignore_index=True)
+    table["precision"] = table["tp"] / table["n_pred"].where(table["n_pred"] > 0)
+    table["recall"] = table["tp"] / table["n_true"].where(table["n_true"] > 0)
+    table["f1"] = 2 * table["tp"] / (table["n_true"] + table["n_pred"]).where(table["n_true"] + table["n_pred"] > 0)
+    return table
+
+
 # ------------------------------------------------------------------------------------------------ montage
 
 
