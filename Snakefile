@@ -34,6 +34,7 @@ include: "rules/features.smk"
 include: "rules/profiles.smk"
 include: "rules/report.smk"
 include: "rules/omezarr.smk"
+include: "rules/predict.smk"
 
 
 rule all:

@@ -53,6 +53,7 @@ def _run(args: argparse.Namespace) -> None:
             results.demo_gallery(),
             results.demo_truth(plate["id"]),
             platemap=plate["split"] == "test",
+            predict=plate["split"] == "predict",
         )
     elif args.step == "download":
         _plate(config, args.plate)

@@ -99,6 +99,7 @@ def check_config(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"config key 'segmentation_scores.ttest_tau': {scores['ttest_tau']} is not one of segmentation_scores.taus"
         )
+    check_predict(config)
     if config["source"] == "demo":
         from cellresdm.synth import cell_lines
 
@@ -118,6 +119,33 @@ def check_config(config: dict[str, Any]) -> None:
                     f"config key 'demo.missing_fields.{j}': {missing['well']} site {missing['site']} "
                     "is not a field of the demo plates (demo.wells x demo.sites)"
                 )
+
+
+def check_predict(config: dict[str, Any]) -> None:
+    """Checks of the predict plates (split ``predict``) and section ``predict`` that need no file content: every
+    method of ``predict.methods`` is trained in this run or has a model file that exists."""
+    plates = plates_in_split(config, "predict")
+    section = config["predict"]
+    for method, path in section["model"].items():
+        if method not in section["methods"]:
+            raise ConfigError(f"config key 'predict.model.{method}': {method} is not in predict.methods")
+        if not Path(path).is_file():
+            raise ConfigError(f"config key 'predict.model.{method}': model file {path} is missing")
+    if not plates:
+        return
+    for method in section["methods"]:
+        if method in section["model"]:
+            continue
+        if method not in config["methods"]:
+            raise ConfigError(
+                f"config key 'predict.methods': {method} predicts plate(s) {', '.join(plates)} but is not trained "
+                f"in this run (not in methods) and has no model file (predict.model.{method})"
+            )
+        if "train" not in splits(config):
+            raise ConfigError(
+                f"config key 'predict.methods': {method} predicts plate(s) {', '.join(plates)} but the run has no "
+                f"train plate to train it on and no model file (predict.model.{method})"
+            )
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:

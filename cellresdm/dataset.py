@@ -47,6 +47,8 @@ _LOG = logging.getLogger(__name__)
 #: Image channels in the order they are read: IF first, then BF (layout.ALL_CHANNELS).
 _CHANNELS: tuple[str, ...] = layout.IF_CHANNELS + layout.BF_CHANNELS
 _N_IF = len(layout.IF_CHANNELS)
+#: config ``dataset.bf_planes`` -> the BF planes a model trained on the dataset takes.
+BF_PLANE_CHOICES: dict[str, tuple[str, ...]] = {"all": layout.BF_CHANNELS, "in_focus": layout.BF_CHANNELS[:1]}
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ def build_dataset(
     progress: bool = True,
     log: logging.Logger | None = None,
     workers: int = 2,
+    bf_planes: str = "all",
 ) -> dict:
     """Write the kept fields of ``plates`` to the zarr dataset ``out`` (see the module docstring).
 
@@ -235,6 +238,8 @@ def build_dataset(
         progress: show tqdm progress bars.
         log: logger (defaults to this module's).
         workers: threads reading and writing fields in parallel.
+        bf_planes: ``"all"`` (the three BF planes) or ``"in_focus"``: the in-focus plane fills all three ``bf``
+            slots, so models trained on the store take that plane only (attribute ``bf_planes`` records which).
 
     Returns:
         Summary: n_fields, seconds, fields_per_s, shape (N, H, W of the stored fields), source_shape, out.
@@ -246,6 +251,8 @@ def build_dataset(
         raise ConfigError(f"dataset boundary_thickness must be >= 1, got {boundary_thickness}")
     if workers < 1:
         raise ConfigError(f"dataset workers must be >= 1, got {workers}")
+    if bf_planes not in BF_PLANE_CHOICES:
+        raise ConfigError(f"dataset.bf_planes must be one of {list(BF_PLANE_CHOICES)}, got {bf_planes!r}")
     names = [p.plate for p in plates]
     if len(set(names)) != len(names):
         raise ConfigError(f"dataset lists a plate twice: {names}")
@@ -304,6 +311,8 @@ def build_dataset(
                 chans = [_resize_intensity(c, resize) for c in chans]
                 labels = np.stack([_resize_labels(lab, resize) for lab in labels])
             bounds = np.stack([boundaries_from_labels(lab, boundary_thickness) for lab in labels]).astype(np.uint8)
+            if bf_planes == "in_focus":
+                chans[_N_IF + 1 :] = [chans[_N_IF]] * (len(chans) - _N_IF - 1)
             stack = np.stack(chans).astype(np.float16)
             writer.write_field(f.index, bf=stack[_N_IF:], if_=stack[:_N_IF], boundaries=bounds, labels=labels)
 
@@ -344,6 +353,7 @@ def build_dataset(
                 "resize": None if resize is None else int(resize),
                 "boundary_thickness": int(boundary_thickness),
                 "bf_channels": list(layout.BF_CHANNELS),
+                "bf_planes": list(BF_PLANE_CHOICES[bf_planes]),
                 "if_channels": list(layout.IF_CHANNELS),
                 "object_channels": list(layout.OBJECT_CHANNELS),
                 "source_shape": list(src_shape),

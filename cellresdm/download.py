@@ -295,6 +295,7 @@ def download_plate(
     progress: bool = True,
     log: logging.Logger | None = None,
     illum_dir: str | os.PathLike | None = None,
+    channels: Sequence[str] = ALL_CHANNELS,
 ) -> pd.DataFrame:
     """Fetch the 8 channels of every field of ``plate`` (or of the wells/sites subset) into ``images_dir``.
 
@@ -318,6 +319,8 @@ def download_plate(
         illum_dir: folder of the plate's illumination functions (``{plate}_Illum{channel}.npy``, fetched from
             :meth:`GalleryLayout.illum_prefix`); None fetches none (correction off). A plate whose gallery
             folder lacks any of the 8 functions is named in a warning and runs uncorrected.
+        channels: the channels to fetch (a predict plate: the brightfield planes its model takes); load_data
+            must have a column for each, the others get None paths.
 
     Returns:
         The :func:`read_load_data` columns of the selected fields plus ``path_{ch}``: the local path (str) of
@@ -341,7 +344,7 @@ def download_plate(
     start = time.perf_counter()
 
     fs, base = open_gallery(root, endpoint_url, anon)
-    table = read_load_data_from(fs, base, root, plate, layout, retries, backoff, log)
+    table = read_load_data_from(fs, base, root, plate, layout, retries, backoff, log, channels=channels)
     table = _select(table, plate, wells, sites, log)
 
     key_cols = [key_column(ch) for ch in ALL_CHANNELS]

@@ -16,6 +16,8 @@ writes one torch file (atomically) holding everything another machine needs to r
                                  percentile values: one record per plate and channel (plate, channel, low, high,
                                  images: 0 for plate scope, else the median over that many images)
     training_plates              the plates of the training dataset, and those that were illumination-corrected
+    qc_reference                 optional: robust (median, spread) of the training fields' brightfield statistics
+                                 and of the model's per-channel uncertainty on them (cellresdm.predict)
 
 :func:`load_exported_model` reads such a file, checks format, version, method and, given the inputs of a plate
 (:class:`PlateInputs`, e.g. from :func:`plate_inputs_of_dataset`), that the model takes the plate's planes at its
@@ -126,6 +128,7 @@ def export_model(
     dataset_path: str | os.PathLike,
     out: str | os.PathLike,
     native_pixel_size_um: float,
+    qc_reference: dict[str, Any] | None = None,
 ) -> Path:
     """Write the self-contained model file of ``method`` (module docstring) to ``out``, atomically.
 
@@ -135,6 +138,8 @@ def export_model(
         dataset_path: the training dataset store ``datasets/train.zarr`` (planes, field size, normalisation).
         out: the file to write.
         native_pixel_size_um: pixel size of the native fields (config ``groundtruth.pixel_size_um``).
+        qc_reference: the training plates' brightfield and uncertainty statistics the predict plates are
+            compared with (:func:`cellresdm.predict.qc_reference`), stored as key ``qc_reference``.
 
     Returns:
         ``out``.
@@ -162,7 +167,7 @@ def export_model(
         raise CellResDMError(f"{model_path}: the stored {method} config or weights do not fit ({exc})") from exc
     store = open_dataset(dataset_path, arrays=())
     attrs = store.attrs
-    planes = list(attrs.get("bf_channels", layout.BF_CHANNELS))
+    planes = list(attrs.get("bf_planes", attrs.get("bf_channels", layout.BF_CHANNELS)))
     shape = attrs.get("shape")
     if not shape:
         raise CellResDMError(f"{dataset_path}: dataset lacks attribute 'shape'")
@@ -197,6 +202,8 @@ def export_model(
             "illumination_corrected": [str(p) for p in attrs.get("illumination_corrected", [])],
         },
     }
+    if qc_reference is not None:
+        content["qc_reference"] = qc_reference
     autoencoder = getattr(built, "autoencoder", None)
     if autoencoder is not None:
         content["vqgan"] = {"config": asdict(autoencoder.config)}
@@ -242,19 +249,30 @@ def _compatible(path: Path, written: Any) -> None:
         )
 
 
-def _check_inputs(path: Path, info: dict[str, Any], expect: PlateInputs) -> None:
+def _check_inputs(
+    path: Path,
+    info: dict[str, Any],
+    expect: PlateInputs,
+    tolerance: float = PIXEL_SIZE_TOLERANCE,
+    pixel_size_mismatch: str = "error",
+) -> None:
     inputs, scope = info["inputs"], info["normalisation"]["scope"]
     planes = tuple(inputs["planes"])
-    if planes != tuple(expect.planes):
+    lacking = [p for p in planes if p not in expect.planes]
+    if lacking:
         raise CellResDMError(
-            f"{path}: the model takes planes {list(planes)} but {expect.name} has {list(expect.planes)}"
+            f"{path}: the model takes planes {list(planes)} but {expect.name} has {list(expect.planes)} "
+            f"(lacks {', '.join(lacking)})"
         )
     ours, theirs = float(inputs["pixel_size_um"]), float(expect.pixel_size_um)
-    if not math.isclose(ours, theirs, rel_tol=PIXEL_SIZE_TOLERANCE):
-        raise CellResDMError(
+    if not math.isclose(ours, theirs, rel_tol=tolerance):
+        message = (
             f"{path}: the model was trained at {ours:.4g} um/px but {expect.name} has {theirs:.4g} um/px "
-            f"(tolerance {PIXEL_SIZE_TOLERANCE:.0%}); resize the plate's fields to the model's field size"
+            f"(tolerance {tolerance:.0%}); resize the plate's fields to the model's field size"
         )
+        if pixel_size_mismatch == "error":
+            raise CellResDMError(message)
+        _LOG.warning("%s (predict.pixel_size_mismatch: warn)", message)
     if scope != expect.norm_scope:
         raise CellResDMError(
             f"{path}: the model was trained on intensities normalised per {scope} but {expect.name} is normalised "
@@ -292,6 +310,8 @@ def load_exported_model(
     expect: PlateInputs | None = None,
     method: str | None = None,
     device: str | torch.device = "cpu",
+    tolerance: float = PIXEL_SIZE_TOLERANCE,
+    pixel_size_mismatch: str = "error",
 ) -> ExportedModel:
     """Load an exported model file and rebuild its method with the EMA weights.
 
@@ -300,6 +320,8 @@ def load_exported_model(
         expect: the inputs of the plate the model will run on; None skips the input checks.
         method: the method the caller wants; None accepts any.
         device: where the network goes.
+        tolerance: relative pixel-size difference accepted.
+        pixel_size_mismatch: ``"error"`` raises beyond ``tolerance``, ``"warn"`` logs a warning.
 
     Returns:
         The checked :class:`ExportedModel` (network in eval mode on ``device``).
@@ -317,7 +339,7 @@ def load_exported_model(
     if method is not None and name != method:
         raise CellResDMError(f"{path}: holds a model of method {name!r}, not {method!r}")
     if expect is not None:
-        _check_inputs(path, content, expect)
+        _check_inputs(path, content, expect, tolerance, pixel_size_mismatch)
     config = content["config"]
     try:
         if "vqgan" in content:

@@ -6,6 +6,12 @@ be decoded, or channels with a wrong dtype or mismatching shapes), ``edge_well``
 ``edge_ring`` rows/columns of the plate border: uneven growth and illumination) and ``black_if`` (a
 fluorescence channel with no signal above its background). Edge wells are still read so the QC numbers
 exist for them too.
+
+Every read field also gets brightfield statistics of its in-focus plane (:func:`bf_statistics`: focus, median,
+contrast, saturated fraction). A predict plate (brightfield only, :class:`FilterSettings` ``channels`` its
+model's planes and ``bf_qc`` on) is checked on them instead of ``black_if``: ``blank_bf`` (no structure),
+``saturated_bf`` (too many pixels at 65535 in a plane) and ``out_of_focus`` (focus far below the training plates'
+fields, robust z against the ``focus_reference`` an exported model carries).
 """
 
 from __future__ import annotations
@@ -26,7 +32,22 @@ from cellresdm.errors import CellResDMError, ConfigError, ImageError
 from cellresdm.io import atomic_path, read_tiff
 
 #: Reasons in the order of precedence; "" means the field is kept.
-REASONS: tuple[str, ...] = ("missing", "unreadable", "edge_well", "black_if")
+REASONS: tuple[str, ...] = (
+    "missing",
+    "unreadable",
+    "edge_well",
+    "black_if",
+    "blank_bf",
+    "saturated_bf",
+    "out_of_focus",
+)
+#: Brightfield statistics of every read field (:func:`bf_statistics`), columns of the filter table.
+BF_STAT_COLUMNS: tuple[str, ...] = ("bf_focus", "bf_median", "bf_contrast", "bf_saturated")
+#: Factor turning a median absolute deviation into a standard deviation (normal data).
+MAD_SCALE = 1.4826
+#: Smallest spread of a robust reference, relative to its median: a few training fields of nearly equal value
+#: must not make every other plate an outlier.
+MIN_RELATIVE_SPREAD = 0.05
 
 _LOG = logging.getLogger(__name__)
 
@@ -42,6 +63,11 @@ class FilterSettings:
             background level), or when it is flat (high percentile == median).
         n_rows, n_cols: plate format (384 wells: 16 x 24).
         workers: threads reading fields in parallel.
+        channels: the channels a field must have (all 8; a predict plate the BF planes of its model).
+        bf_qc: check the brightfield statistics (predict plates): blank, saturated, out of focus.
+        blank_max_contrast, saturated_max_fraction, focus_z: thresholds of those checks (config ``predict``).
+        focus_reference: (median, spread) of the focus measure over the training plates' kept fields; None
+            skips the focus check.
     """
 
     edge_ring: int
@@ -50,15 +76,40 @@ class FilterSettings:
     n_rows: int = layout.N_ROWS
     n_cols: int = layout.N_COLS
     workers: int = 2
+    channels: tuple[str, ...] = layout.ALL_CHANNELS
+    bf_qc: bool = False
+    blank_max_contrast: float = 0.02
+    saturated_max_fraction: float = 0.05
+    focus_z: float = 4.0
+    focus_reference: tuple[float, float] | None = None
 
     @classmethod
-    def from_config(cls, section: dict[str, Any], workers: int = 2) -> FilterSettings:
-        """From the validated config section ``filter`` (the schema holds the defaults)."""
+    def from_config(
+        cls,
+        section: dict[str, Any],
+        workers: int = 2,
+        predict: dict[str, Any] | None = None,
+        channels: Sequence[str] | None = None,
+        focus_reference: tuple[float, float] | None = None,
+    ) -> FilterSettings:
+        """From the validated config section ``filter`` (the schema holds the defaults); with the section
+        ``predict`` a predict plate's settings: its ``channels``, brightfield QC on."""
+        values: dict[str, Any] = {}
+        if predict is not None:
+            values = {
+                "channels": tuple(channels or layout.BF_CHANNELS),
+                "bf_qc": True,
+                "blank_max_contrast": float(predict["blank_max_contrast"]),
+                "saturated_max_fraction": float(predict["saturated_max_fraction"]),
+                "focus_z": float(predict["focus_z"]),
+                "focus_reference": None if focus_reference is None else tuple(map(float, focus_reference)),
+            }
         return cls(
             edge_ring=section["edge_ring"],
             black_if_percentile=section["black_if_percentile"],
             black_if_min_ratio=section["black_if_min_ratio"],
             workers=workers,
+            **values,
         )
 
     def validate(self) -> None:
@@ -72,6 +123,62 @@ class FilterSettings:
             raise ConfigError(f"filter plate format must be positive, got {self.n_rows} x {self.n_cols}")
         if self.workers < 1:
             raise ConfigError(f"filter workers must be >= 1, got {self.workers}")
+        unknown = [c for c in self.channels if c not in layout.ALL_CHANNELS]
+        if unknown or layout.BF_CHANNELS[0] not in self.channels:
+            raise ConfigError(
+                f"filter channels must include {layout.BF_CHANNELS[0]} and be channels, got {self.channels}"
+            )
+
+
+def robust_reference(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """(median, spread) of ``values`` (NaN ignored): spread = 1.4826 x MAD, at least :data:`MIN_RELATIVE_SPREAD` x
+    |median| (and > 0), so robust z-scores against a few near-equal values stay finite and meaningful.
+
+    Raises:
+        CellResDMError: no finite value.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise CellResDMError("robust reference of no finite value")
+    median = float(np.median(v))
+    spread = MAD_SCALE * float(np.median(np.abs(v - median)))
+    return median, max(spread, MIN_RELATIVE_SPREAD * abs(median), 1e-12)
+
+
+def robust_z(value: float | np.ndarray, reference: Sequence[float]) -> float | np.ndarray:
+    """(value - median) / spread against a :func:`robust_reference`."""
+    median, spread = reference
+    return (np.asarray(value, dtype=np.float64) - median) / spread
+
+
+def bf_statistics(in_focus: np.ndarray, planes: Sequence[np.ndarray] = ()) -> dict[str, float]:
+    """Brightfield statistics of one field.
+
+    Args:
+        in_focus: (H, W) uint16 in-focus plane.
+        planes: every BF plane read (for the saturated fraction; default the in-focus plane).
+
+    Returns:
+        ``bf_focus``: variance of the Laplacian of the plane divided by its mean (scale-free focus measure: a
+        defocused field has less high-frequency structure); ``bf_median``: median intensity; ``bf_contrast``:
+        (p99 - p1) / max(median, 1); ``bf_saturated``: largest fraction of a plane's pixels at 65535.
+    """
+    from scipy.ndimage import laplace
+
+    img = np.asarray(in_focus)
+    p1, median, p99 = (float(v) for v in uint16_percentiles(img, (1.0, 50.0, 99.0)))
+    scaled = img.astype(np.float32) / np.float32(max(float(img.mean()), 1.0))
+    saturated = max(float(np.mean(np.asarray(p) == _UINT16_TOP)) for p in (planes or [img]))
+    return {
+        "bf_focus": float(laplace(scaled).var()),
+        "bf_median": median,
+        "bf_contrast": (p99 - p1) / max(median, 1.0),
+        "bf_saturated": saturated,
+    }
+
+
+_UINT16_TOP = np.iinfo(np.uint16).max
 
 
 def high_column(channel: str) -> str:
@@ -137,7 +244,7 @@ def _measure_field(paths: dict[str, str], settings: FilterSettings, log: logging
     """Read the 8 channels of one field; return unreadable problems and IF measurements."""
     problems: list[str] = []
     images: dict[str, np.ndarray] = {}
-    for ch in layout.ALL_CHANNELS:
+    for ch in settings.channels:
         try:
             images[ch] = read_tiff(paths[ch], ndim=2)
         except ImageError as exc:
@@ -177,6 +284,31 @@ def _measure_field(paths: dict[str, str], settings: FilterSettings, log: logging
                 f"{settings.black_if_min_ratio:g} x median {median:g} ({paths[ch]})"
             )
     out["black_if"] = black
+    bf = {ch: img for ch, img in images.items() if ch in layout.BF_CHANNELS and img.dtype == np.uint16}
+    in_focus = bf.get(layout.BF_CHANNELS[0])
+    blank, saturated, unfocused = [], [], []
+    if in_focus is not None and not problems:
+        stats = bf_statistics(in_focus, list(bf.values()))
+        out.update(stats)
+        where = paths[layout.BF_CHANNELS[0]]
+        if settings.bf_qc:
+            if stats["bf_contrast"] <= settings.blank_max_contrast:
+                blank.append(
+                    f"(p99 - p1) / median = {stats['bf_contrast']:.3g} <= {settings.blank_max_contrast:g} ({where})"
+                )
+            if stats["bf_saturated"] > settings.saturated_max_fraction:
+                saturated.append(
+                    f"{stats['bf_saturated']:.1%} of the pixels at 65535 > {settings.saturated_max_fraction:.1%} "
+                    f"({', '.join(paths[c] for c in bf)})"
+                )
+            if settings.focus_reference is not None:
+                z = float(robust_z(stats["bf_focus"], settings.focus_reference))
+                if z < -settings.focus_z:
+                    unfocused.append(
+                        f"focus {stats['bf_focus']:.4g} is {z:.1f} robust SDs from the training fields' "
+                        f"{settings.focus_reference[0]:.4g} (limit -{settings.focus_z:g}) ({where})"
+                    )
+    out["blank_bf"], out["saturated_bf"], out["out_of_focus"] = blank, saturated, unfocused
     return out
 
 
@@ -221,9 +353,7 @@ def filter_fields(
     if len(load_data) == 0:
         name = plate if plate is not None else "<unknown plate>"
         raise CellResDMError(f"plate {name}: load_data has no fields, nothing to filter")
-    needed = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"] + [
-        layout.path_column(ch) for ch in layout.ALL_CHANNELS
-    ]
+    needed = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"] + [layout.path_column(ch) for ch in settings.channels]
     absent_cols = [c for c in needed if c not in load_data.columns]
     if absent_cols:
         name = plate
@@ -251,6 +381,8 @@ def filter_fields(
     for ch in layout.IF_CHANNELS:
         table[high_column(ch)] = np.nan
         table[median_column(ch)] = np.nan
+    for col in BF_STAT_COLUMNS:
+        table[col] = np.nan
 
     issues: dict[int, dict[str, list[str]]] = {i: {r: [] for r in REASONS} for i in table.index}
     to_read: dict[int, dict[str, str]] = {}
@@ -264,11 +396,11 @@ def filter_fields(
         if rec is None:
             issues[idx]["missing"].append("field absent from load_data")
             continue
-        absent = [ch for ch in layout.ALL_CHANNELS if _is_absent(rec[layout.path_column(ch)])]
+        absent = [ch for ch in settings.channels if _is_absent(rec[layout.path_column(ch)])]
         if absent:
             issues[idx]["missing"].append(f"no file for channel(s) {', '.join(absent)}")
             continue
-        to_read[idx] = {ch: str(rec[layout.path_column(ch)]) for ch in layout.ALL_CHANNELS}
+        to_read[idx] = {ch: str(rec[layout.path_column(ch)]) for ch in settings.channels}
 
     if to_read:
         with ThreadPoolExecutor(max_workers=settings.workers) as pool:
@@ -284,7 +416,8 @@ def filter_fields(
                 idx = futures[fut]
                 res = fut.result()
                 issues[idx]["unreadable"].extend(res.pop("unreadable"))
-                issues[idx]["black_if"].extend(res.pop("black_if"))
+                for reason in ("black_if", "blank_bf", "saturated_bf", "out_of_focus"):
+                    issues[idx][reason].extend(res.pop(reason))
                 for col, val in res.items():
                     table.at[idx, col] = val
 
@@ -325,6 +458,9 @@ _STATUS: tuple[tuple[str, str], ...] = (
     ("unreadable", "#d62728"),
     ("edge_well", "#1f77b4"),
     ("black_if", "#000000"),
+    ("blank_bf", "#8c564b"),
+    ("saturated_bf", "#ff7f0e"),
+    ("out_of_focus", "#e377c2"),
 )
 
 

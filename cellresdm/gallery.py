@@ -293,6 +293,7 @@ def read_load_data(
     plate: str,
     gallery: GalleryLayout | None = None,
     name: str | None = None,
+    channels: Sequence[str] = layout.ALL_CHANNELS,
 ) -> pd.DataFrame:
     """Parse a CellProfiler load_data.csv of the gallery into one row per field of ``plate``.
 
@@ -306,6 +307,9 @@ def read_load_data(
             to hold only this plate).
         gallery: layout used to rebuild keys from local mount paths.
         name: how messages name the file (defaults to the path or the file object's name).
+        channels: the channels the plate must have a column for (all 8; a predict plate only the brightfield
+            planes its model takes); the keys of the others are None (not fetched), whether or not a column
+            names them.
 
     Returns:
         Columns ``Metadata_Plate, Metadata_Well (A01), Metadata_Row, Metadata_Col, Metadata_Site`` (ints),
@@ -326,7 +330,7 @@ def read_load_data(
         raise GalleryError(f"{where} is not a readable CSV: {exc}") from exc
 
     forms: dict[str, tuple[str, ...]] = {}
-    for ch in layout.ALL_CHANNELS:
+    for ch in channels:
         url, fname, pname = layout.url_column(ch), layout.filename_column(ch), layout.pathname_column(ch)
         if url in df.columns:
             forms[ch] = (url,)
@@ -370,6 +374,7 @@ def read_load_data(
             "field": layout.field_id(row, col, site),
             "plate_dir": None,
         }
+        out.update({key_column(ch): None for ch in layout.ALL_CHANNELS})
         for ch, cols in forms.items():
             key = None
             try:
@@ -401,6 +406,7 @@ def read_load_data_from(
     retries: int,
     backoff: float,
     log: logging.Logger,
+    channels: Sequence[str] = layout.ALL_CHANNELS,
 ) -> pd.DataFrame:
     key = gallery.load_data_key(plate)
     url = gallery_url(root, base, key)
@@ -420,7 +426,7 @@ def read_load_data_from(
         raise
     except Exception as exc:
         raise GalleryError(f"plate {plate}: cannot read {url}: {type(exc).__name__}: {exc}") from exc
-    return read_load_data(io.BytesIO(data), plate, gallery, name=url)
+    return read_load_data(io.BytesIO(data), plate, gallery, name=url, channels=channels)
 
 
 def fetch_load_data(

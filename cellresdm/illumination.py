@@ -242,8 +242,10 @@ def falloff_qc(
     illum: PlateIllumination,
     max_fields: int = QC_MAX_FIELDS,
     log: logging.Logger | None = None,
+    channels: Sequence[str] = layout.ALL_CHANNELS,
 ) -> pd.DataFrame:
-    """Illumination fall-off of a plate per channel, before and after correction.
+    """Illumination fall-off of a plate per channel (of ``channels``: a predict plate has its BF planes only),
+    before and after correction.
 
     The ratio is the mean intensity of the corner regions over that of the centre (:func:`region_masks`),
     pooled over up to ``max_fields`` kept fields of the filter table ``fields`` (evenly spread): an even field
@@ -269,11 +271,11 @@ def falloff_qc(
     kept = [f for f in kept if f in rows_of.index]
     if len(kept) > max_fields:
         kept = [kept[i] for i in np.unique(np.linspace(0, len(kept) - 1, max_fields).round().astype(int))]
-    sums = {c: np.zeros(4) for c in layout.ALL_CHANNELS}  # raw corner, raw centre, corrected corner, centre
+    sums = {c: np.zeros(4) for c in channels}  # raw corner, raw centre, corrected corner, centre
     masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for name in kept:
         record = rows_of.loc[name]
-        for channel in layout.ALL_CHANNELS:
+        for channel in channels:
             path = str(record[layout.path_column(channel)])
             raw = read_tiff(path, ndim=2)
             corners, centre = masks.setdefault(raw.shape, region_masks(raw.shape))
@@ -282,7 +284,7 @@ def falloff_qc(
                 flat = illum.apply(channel, raw, path)
                 sums[channel][2:] += (flat[corners].mean(), flat[centre].mean())
     rows = []
-    for channel in layout.ALL_CHANNELS:
+    for channel in channels:
         s = sums[channel]
         ratio_raw = s[0] / s[1] if kept and s[1] > 0 else np.nan
         ratio_corr = s[2] / s[3] if kept and illum.corrected and s[3] > 0 else np.nan

@@ -216,10 +216,11 @@ OUTPUTS: tuple[Output, ...] = (
         "model_export",
         "models/{method}/{method}.cellresdm.pt",
         "train",
-        "(cellresdm export)",
-        "cellresdm.export.export_model",
+        "export_model (predict plates); cellresdm export",
+        "cellresdm.predict.export_with_reference",
         "the self-contained model file: EMA weights, method config, input planes, output channels, pixel size, "
-        "normalisation with the training plates' percentiles, package version (cellresdm.export)",
+        "normalisation with the training plates' percentiles, package version (cellresdm.export), the predict "
+        "plates' QC reference (training BF statistics, the model's uncertainty)",
     ),
     Output(
         "train_log",
@@ -271,6 +272,74 @@ OUTPUTS: tuple[Output, ...] = (
         "OME-NGFF HCS plate of the method's test predictions of one plate (ome-zarr-py): uint16 DNA, RNA, ER, AGP, "
         "Mito in real counts, optional BF and *_std channels, 3-level pyramid, nuclei and cells labels "
         "(`omezarr.enabled`)",
+    ),
+    Output(
+        "predict_inputs",
+        "predict/{method}/{plate}/inputs.zarr",
+        "predict",
+        "predict_plate",
+        "cellresdm.predict.build_inputs",
+        "a predict plate's kept fields as the model takes them: `bf` (N,3,H,W) in [0,1], field and norm tables "
+        "(its BF percentiles, the training plates' IF percentiles)",
+    ),
+    Output(
+        "predict_predictions",
+        "predict/{method}/{plate}/predictions.zarr",
+        "predict",
+        "predict_plate",
+        "cellresdm.sample.predict_dataset",
+        "the virtual channels of a predict plate: mean of `predict.n_samples` samples and per-pixel `*_std`",
+    ),
+    Output(
+        "predict_instances",
+        "predict/{method}/{plate}/instances.zarr",
+        "predict",
+        "predict_plate",
+        "cellresdm.segment_step.segment_predictions",
+        "nuclei and cells (N,H,W) int32 from the predicted boundary channels",
+    ),
+    Output(
+        "predict_omezarr",
+        "predict/{method}/{plate}.ome.zarr",
+        "predict",
+        "predict_plate",
+        "cellresdm.omezarr.write_hcs_plate",
+        "OME-NGFF HCS plate of a predict plate: uint16 virtual channels in the training plates' counts, BF inputs, "
+        "*_std uncertainty, pyramid, nuclei and cells labels",
+    ),
+    Output(
+        "predict_cells",
+        "predict/{method}/{plate}/cells.parquet",
+        "predict",
+        "predict_plate",
+        "cellresdm.predict.per_cell_features",
+        "one row per cell: Metadata_*, CellProfiler-named Cells/Nuclei/Cytoplasm features of the virtual "
+        "channels, Cells_Uncertainty_{channel}",
+    ),
+    Output(
+        "predict_wells",
+        "predict/{method}/{plate}/wells.csv",
+        "predict",
+        "predict_plate",
+        "cellresdm.predict.well_table",
+        "per well: sites, cells, plate-map columns, BF statistics and uncertainty with robust z against the "
+        "training plates, `ood` flag and reason, median per-cell profile",
+    ),
+    Output(
+        "predict_montage",
+        "predict/{method}/{plate}/montage.png",
+        "predict",
+        "predict_plate",
+        "cellresdm.predict.plot_montage",
+        "BF input, virtual channels, uncertainty and mask outlines of a few fields (shown in the report)",
+    ),
+    Output(
+        "predict_summary",
+        "predict/{method}/{plate}/summary.json",
+        "predict",
+        "predict_plate",
+        "cellresdm.predict.predict_plate",
+        "fields, cells, OOD wells, seconds per step and fields per second end to end",
     ),
     Output(
         "image_quality",
@@ -699,6 +768,31 @@ class ResultsLayout:
 
     def omezarr(self, method: str, plate: str) -> str:
         return self.path("omezarr", method=method, plate=plate)
+
+    # predict plates
+    def predict_inputs(self, method: str, plate: str) -> str:
+        return self.path("predict_inputs", method=method, plate=plate)
+
+    def predict_predictions(self, method: str, plate: str) -> str:
+        return self.path("predict_predictions", method=method, plate=plate)
+
+    def predict_instances(self, method: str, plate: str) -> str:
+        return self.path("predict_instances", method=method, plate=plate)
+
+    def predict_omezarr(self, method: str, plate: str) -> str:
+        return self.path("predict_omezarr", method=method, plate=plate)
+
+    def predict_cells(self, method: str, plate: str) -> str:
+        return self.path("predict_cells", method=method, plate=plate)
+
+    def predict_wells(self, method: str, plate: str) -> str:
+        return self.path("predict_wells", method=method, plate=plate)
+
+    def predict_montage(self, method: str, plate: str) -> str:
+        return self.path("predict_montage", method=method, plate=plate)
+
+    def predict_summary(self, method: str, plate: str) -> str:
+        return self.path("predict_summary", method=method, plate=plate)
 
     # evaluation
     def image_quality(self) -> str:

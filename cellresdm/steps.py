@@ -10,12 +10,13 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cellresdm import io
+from cellresdm import io, layout
 from cellresdm.errors import CellResDMError
 from cellresdm.layout import GalleryLayout
 from cellresdm.shards import shard_rows, store_shard_rows
@@ -40,19 +41,33 @@ def layout_from_config(gallery: dict[str, Any]) -> GalleryLayout:
 
 
 def synth_plate(
-    plate: str, cell_line: str, demo: dict[str, Any], gallery_root: str, truth_dir: str, platemap: bool = False
+    plate: str,
+    cell_line: str,
+    demo: dict[str, Any],
+    gallery_root: str,
+    truth_dir: str,
+    platemap: bool = False,
+    predict: bool = False,
 ) -> Path:
     """Write one plate of the embedded synthetic gallery (config section ``demo``) into the bucket folder
     ``gallery_root`` and its true labels into ``truth_dir``; returns its load_data.csv. With ``platemap`` (the
     test plates) the plate carries the wells and treatments of ``demo.platemap``
-    (:func:`cellresdm.synth.with_platemap`)."""
+    (:func:`cellresdm.synth.with_platemap`). With ``predict`` (a plate of split predict) it is brightfield only,
+    with the wells ``demo.predict_wells`` and no missing field."""
+    import dataclasses
+
     from cellresdm.synth import DemoPlatemap, SynthConfig, SynthPlate, with_platemap, write_plate
 
     start = time.perf_counter()
     settings = SynthConfig.from_config(demo)
+    channels = layout.ALL_CHANNELS
     if platemap:
         settings = with_platemap(settings, DemoPlatemap.from_config(demo["platemap"]))
-    path = write_plate(gallery_root, truth_dir, SynthPlate(plate=plate, cell_line=cell_line), settings)
+    if predict:
+        wells = tuple(demo["predict_wells"])
+        settings = dataclasses.replace(settings, wells=wells, black_if_wells=(), missing_fields=(), treatments=())
+        channels = layout.BF_CHANNELS
+    path = write_plate(gallery_root, truth_dir, SynthPlate(plate=plate, cell_line=cell_line), settings, channels)
     log.info("synthetic plate %s (%s) written in %.1f s: %s", plate, cell_line, time.perf_counter() - start, path)
     return path
 
@@ -64,9 +79,10 @@ def download(
     load_data_out: str,
     progress: bool = True,
     illum_dir: str | None = None,
+    channels: Sequence[str] = layout.ALL_CHANNELS,
 ) -> pd.DataFrame:
-    """Fetch one plate (config section ``gallery``): image files into ``images_dir``, the table to
-    ``load_data_out``, and, with ``gallery.illumination`` on, its illumination functions into ``illum_dir``
+    """Fetch one plate (config section ``gallery``): image files of ``channels`` into ``images_dir``, the table
+    to ``load_data_out``, and, with ``gallery.illumination`` on, its illumination functions into ``illum_dir``
     (None fetches none)."""
     from cellresdm.download import download_plate
 
@@ -85,6 +101,7 @@ def download(
         progress=progress,
         log=log,
         illum_dir=illum_dir if gallery["illumination"] else None,
+        channels=channels,
     )
 
 
@@ -96,20 +113,32 @@ def filter_plate(
     settings: dict[str, Any],
     workers: int = 2,
     out_illumination: str | None = None,
+    predict: dict[str, Any] | None = None,
+    models: list[str] | None = None,
 ) -> pd.DataFrame:
     """Filter table and plate map of one plate (config section ``filter``), and with ``out_illumination`` the
-    plate's illumination QC (:func:`cellresdm.illumination.falloff_qc`, CSV)."""
+    plate's illumination QC (:func:`cellresdm.illumination.falloff_qc`, CSV). A predict plate passes the config
+    section ``predict`` and the exported model files that will paint it: its fields need the BF planes of those
+    models and get the brightfield QC against the focus reference of the first (:mod:`cellresdm.filters`)."""
     from cellresdm.filters import FilterSettings, filter_fields, plot_plate_map
     from cellresdm.illumination import falloff_qc, plate_illumination
 
     ld = pd.read_parquet(load_data)
-    table = filter_fields(ld, FilterSettings.from_config(settings, workers=workers), log=log, plate=plate)
+    channels = layout.ALL_CHANNELS
+    if predict is not None:
+        from cellresdm.predict import model_qc_inputs
+
+        channels, focus = model_qc_inputs(models or [], plate)
+        filter_settings = FilterSettings.from_config(settings, workers, predict, channels, focus)
+    else:
+        filter_settings = FilterSettings.from_config(settings, workers=workers)
+    table = filter_fields(ld, filter_settings, log=log, plate=plate)
     counts = table["reason"].replace("", "kept").value_counts().to_dict()
     log.info("plate %s: %d fields, %s", plate, len(table), counts)
     io.write_parquet(table, out_table)
     plot_plate_map(table, out_platemap, plate)
     if out_illumination is not None:
-        qc = falloff_qc(ld, table, plate_illumination(ld, plate), log=log)
+        qc = falloff_qc(ld, table, plate_illumination(ld, plate), log=log, channels=channels)
         with io.atomic_path(out_illumination) as tmp:
             qc.to_csv(tmp, index=False)
     return table
@@ -217,6 +246,7 @@ def dataset(
         boundary_thickness=boundary_thickness,
         log=log,
         workers=workers,
+        bf_planes=settings["bf_planes"],
     )
     summary = {"split": split, "plates": plates, **summary}
     io.write_text(summary_out, json.dumps(summary, indent=2, default=str) + "\n")

@@ -637,7 +637,13 @@ def _check_roots(root: Path, truth_dir: Path) -> None:
         raise ValueError(f"truth folder {truth_dir} must lie beside the gallery root {root}, not inside it")
 
 
-def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: SynthPlate, config: SynthConfig) -> Path:
+def write_plate(
+    root: str | os.PathLike,
+    truth_dir: str | os.PathLike,
+    plate: SynthPlate,
+    config: SynthConfig,
+    channels: Sequence[str] = layout.ALL_CHANNELS,
+) -> Path:
     """Write one plate's images and load_data.csv under ``root`` and its truth into ``truth_dir``.
 
     Args:
@@ -645,6 +651,8 @@ def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: Sy
         truth_dir: the plate's truth folder, for ``{field}_labels.tiff`` and ``wells.csv``; outside ``root``.
         plate: barcode and cell line.
         config: wells, sites, black IF wells, missing fields, field size and seed.
+        channels: the channels whose images and load_data columns are written (a brightfield-only plate:
+            :data:`layout.BF_CHANNELS`); the illumination functions of all 8 are written.
 
     Returns:
         The path of the written load_data.csv.
@@ -686,10 +694,11 @@ def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: Sy
                 optics=optics,
             )
             record = {}
-            for channel in layout.ALL_CHANNELS:
+            for channel in channels:
                 key = gallery.image_key(plate_dir, layout.image_filename(row, col, site, channel))
                 write_tiff(root / key, images[channel])
                 record[layout.url_column(channel)] = layout.s3_url(key)
+            for channel in layout.ALL_CHANNELS:
                 sums[channel] += float(images[channel].mean())
             record.update(
                 Metadata_Plate=plate.plate, Metadata_Well=well, Metadata_Site=site, Metadata_Row=row, Metadata_Col=col
@@ -697,7 +706,8 @@ def write_plate(root: str | os.PathLike, truth_dir: str | os.PathLike, plate: Sy
             rows.append(record)
             write_tiff(truth_dir / field_labels_name(layout.field_id(row, col, site)), labels)
 
-    columns = [layout.url_column(c) for c in ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF", "LowZBF")]
+    order = ("DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "HighZBF", "LowZBF")
+    columns = [layout.url_column(c) for c in order if c in channels]
     columns += ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Row", "Metadata_Col"]
     if rows:
         means = {channel: total / len(rows) for channel, total in sums.items()}

@@ -6,7 +6,15 @@ from snakemake.logging import logger
 
 from cellresdm import config as cfg
 from cellresdm.filters import is_edge_well
-from cellresdm.layout import N_COLS, N_ROWS, GalleryLayout, parse_well, well_name
+from cellresdm.layout import (
+    ALL_CHANNELS,
+    BF_CHANNELS,
+    N_COLS,
+    N_ROWS,
+    GalleryLayout,
+    parse_well,
+    well_name,
+)
 from cellresdm.results import ResultsLayout
 from cellresdm.shards import (
     WellBlock,
@@ -80,6 +88,146 @@ def demo_plate_has_platemap(wildcards):
     return PLATES[wildcards.plate]["split"] == "test"
 
 
+# ------------------------------------------------------------------------------------------ predict plates
+# Plates of split predict: brightfield only, painted by the models of predict.methods (rules/predict.smk).
+
+
+def is_predict_plate(plate):
+    return PLATES[plate]["split"] == "predict"
+
+
+def demo_plate_is_predict(wildcards):
+    return is_predict_plate(wildcards.plate)
+
+
+def evaluation_plates():
+    """The plates of the train, val and test splits (all 8 channels, ground truth)."""
+    return [p for p in PLATES if not is_predict_plate(p)]
+
+
+def predict_plates():
+    return cfg.plates_in_split(config, "predict")
+
+
+def predict_methods():
+    return list(config["predict"]["methods"]) if predict_plates() else []
+
+
+def predict_model(method):
+    """The model file painting the predict plates: the config's (predict.model), else this run's export."""
+    return config["predict"]["model"].get(method) or RESULTS.model_export(method)
+
+
+def predict_model_of(wildcards):
+    return predict_model(wildcards.method)
+
+
+def predict_planes():
+    """The BF planes the predict plates need: those of every predicting model (a model file's inputs.planes, or
+    this run's dataset.bf_planes)."""
+    from cellresdm.dataset import BF_PLANE_CHOICES
+    from cellresdm.export import read_export
+
+    planes = set()
+    for method in predict_methods():
+        path = config["predict"]["model"].get(method)
+        if path:
+            planes.update(read_export(path)["inputs"]["planes"])
+        else:
+            planes.update(BF_PLANE_CHOICES[config["dataset"]["bf_planes"]])
+    return [c for c in BF_CHANNELS if c in planes]
+
+
+def download_channels(wildcards):
+    """The channels a plate's download fetches: a predict plate's BF planes, else all 8."""
+    return predict_planes() if is_predict_plate(wildcards.plate) else list(ALL_CHANNELS)
+
+
+def filter_input(wildcards):
+    """The plate's load_data; for a predict plate also its model files (planes and focus reference)."""
+    inputs = {"load_data": RESULTS.load_data(wildcards.plate)}
+    if is_predict_plate(wildcards.plate):
+        inputs["models"] = [predict_model(m) for m in predict_methods()]
+    return inputs
+
+
+def filter_predict_settings(wildcards):
+    """Config section predict for a predict plate, None for the others."""
+    return config["predict"] if is_predict_plate(wildcards.plate) else None
+
+
+def predict_pixel_size(wildcards):
+    return (
+        PLATES[wildcards.plate]["pixel_size_um"]
+        or config["groundtruth"]["pixel_size_um"]
+    )
+
+
+def predict_platemap(wildcards):
+    return PLATES[wildcards.plate]["platemap"] or ""
+
+
+def predict_input(wildcards):
+    inputs = {
+        "model": predict_model(wildcards.method),
+        "load_data": RESULTS.load_data(wildcards.plate),
+        "fields": RESULTS.fields(wildcards.plate),
+    }
+    if PLATES[wildcards.plate]["platemap"]:
+        inputs["platemap"] = PLATES[wildcards.plate]["platemap"]
+    return inputs
+
+
+def predict_config():
+    """The config sections the predict rule reads."""
+    keys = (
+        "predict",
+        "sample",
+        "instances",
+        "features",
+        "groundtruth",
+        "omezarr",
+        "profiles",
+    )
+    return {key: config[key] for key in keys}
+
+
+def predict_outputs():
+    """Every product of the predict plates: OME-Zarr plate, cells, wells, montage and summary per method."""
+    return [
+        path
+        for m in predict_methods()
+        for p in predict_plates()
+        for path in (
+            RESULTS.predict_omezarr(m, p),
+            RESULTS.predict_cells(m, p),
+            RESULTS.predict_wells(m, p),
+            RESULTS.predict_montage(m, p),
+            RESULTS.predict_summary(m, p),
+        )
+    ]
+
+
+def predict_montages():
+    return [
+        RESULTS.predict_montage(m, p)
+        for m in predict_methods()
+        for p in predict_plates()
+    ]
+
+
+def predict_montage_names():
+    return [f"{p} ({m})" for m in predict_methods() for p in predict_plates()]
+
+
+def export_input(wildcards):
+    return {
+        "model": RESULTS.model(wildcards.method),
+        "dataset": RESULTS.dataset("train"),
+        "fields": [RESULTS.fields(p) for p in cfg.plates_in_split(config, "train")],
+    }
+
+
 def method_model_dir(wildcards):
     return RESULTS.model_dir(wildcards.method)
 
@@ -114,7 +262,7 @@ def groundtruth_dirs_of_split(wildcards):
 
 
 def qc_input():
-    return [RESULTS.groundtruth_qc(p) for p in PLATES]
+    return [RESULTS.groundtruth_qc(p) for p in evaluation_plates()]
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -125,7 +273,7 @@ def plate_wells(plate):
     """Wells of a plate whose fields the filter can keep: the run's wells (all of a 384-well plate when the
     config lists none) outside the edge ring."""
     if is_demo():
-        wells = config["demo"]["wells"]
+        wells = config["demo"]["predict_wells" if is_predict_plate(plate) else "wells"]
     else:
         wells = config["gallery"]["wells"] or [
             well_name(r, c) for r in range(1, N_ROWS + 1) for c in range(1, N_COLS + 1)
@@ -291,6 +439,7 @@ def all_outputs():
         outputs.append(RESULTS.report("html"))
     if has_model_splits() and config["omezarr"]["enabled"]:
         outputs += omezarr_plates()
+    outputs += predict_outputs()
     return outputs
 
 
@@ -319,9 +468,10 @@ def report_input(wildcards):
         "predictions": method_predictions(),
         "sample_benchmarks": [RESULTS.sample_timing(m) for m in methods],
         "models": [RESULTS.model(m) for m in methods],
-        "groundtruth": [RESULTS.groundtruth_index(p) for p in PLATES],
-        "fields": [RESULTS.fields(p) for p in PLATES],
-        "illumination": [RESULTS.illumination_qc(p) for p in PLATES],
+        "groundtruth": [RESULTS.groundtruth_index(p) for p in evaluation_plates()],
+        "fields": [RESULTS.fields(p) for p in evaluation_plates()],
+        "illumination": [RESULTS.illumination_qc(p) for p in evaluation_plates()],
+        "predict_montages": predict_montages(),
         "table2": RESULTS.table2(),
     }
     if segmentation_sources():

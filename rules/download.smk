@@ -21,6 +21,7 @@ rule synth_plate:
         gallery_root=demo_gallery_root,
         truth_dir=demo_truth_dir,
         platemap=demo_plate_has_platemap,
+        predict=demo_plate_is_predict,
     script:
         "../workflow_scripts/synth_plate.py"
 
@@ -45,5 +46,6 @@ rule download:
         gallery=gallery_settings(),
         images_dir=RESULTS.raw_images("{plate}"),
         illum_dir=RESULTS.raw_illum("{plate}"),
+        channels=download_channels,
     script:
         "../workflow_scripts/download.py"

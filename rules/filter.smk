@@ -3,7 +3,7 @@
 
 rule filter_fields:
     input:
-        load_data=RESULTS.load_data("{plate}"),
+        unpack(filter_input),
     output:
         fields=RESULTS.fields("{plate}"),
         platemap=report(
@@ -32,5 +32,6 @@ rule filter_fields:
         runtime=120,
     params:
         settings=config["filter"],
+        predict=filter_predict_settings,
     script:
         "../workflow_scripts/filter_fields.py"

@@ -59,7 +59,8 @@ rule paper_report:
         runtime=30,
     params:
         methods=config["methods"],
-        plates=list(PLATES),
+        plates=evaluation_plates(),
+        predict_montages=predict_montage_names(),
         sources=segmentation_sources(),
         train_benchmarks=train_benchmarks(),
         config=report_config(),

@@ -36,6 +36,8 @@ TINY_CONFIG = {
         {"id": "TINY01", "cell_line": "A549", "split": "train"},
         {"id": "TINY02", "cell_line": "U2OS", "split": "val"},
         {"id": "TINY03", "cell_line": "U2OS", "split": "test"},
+        # brightfield only, painted by the run's CellResDM: 1 well x 2 sites
+        {"id": "TINY04", "cell_line": "A549", "split": "predict"},
     ],
     "demo": {
         "field_size": 192,
@@ -43,6 +45,7 @@ TINY_CONFIG = {
         "sites": 2,
         "black_if_wells": ["B03"],
         "missing_fields": [{"well": "C02", "site": 2}],
+        "predict_wells": ["B02"],
         # the test plate's plate map: 2 control and 2 treated wells, D02 and D03 added with 1 site each
         "platemap": {
             "controls": ["C02", "D03"],
@@ -53,6 +56,7 @@ TINY_CONFIG = {
     },
     "train": {"steps": 6, "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 4},
     "sample": {"tile": 128, "overlap": 32, "batch_size": 4},
+    "predict": {"n_samples": 2, "reference_fields": 2},
     "stardist": {"epochs": 2, "steps_per_epoch": 3, "patch_size": 64, "batch_size": 2, "unet_n_filter_base": 8},
     "methods": METHODS,
     # shards of 2 x 4 wells: the test plate's per-field stages run as 2 jobs each, of B02 (2 fields; B03 is
@@ -317,6 +321,17 @@ def test_tiny_end_to_end_run(tmp_path, monkeypatch):
     assert "Profiles: replicate, mechanism and cross-modal retrieval" in html and "Benjamini-Hochberg" in html
     throughput = pd.read_csv(R.report("throughput"))
     assert {"cellresdm", "stardist_bf"} <= set(throughput["source"])
+
+    # the brightfield-only plate: BF planes only downloaded, painted into an OME-Zarr plate with masks and profiles
+    ld = pd.read_parquet(R.load_data("TINY04"))
+    assert ld["path_DNA"].isna().all() and ld["path_LowZBF"].notna().all()
+    assert pd.read_parquet(R.fields("TINY04"))["keep"].sum() == 2
+    predicted = json.loads(Path(R.predict_summary("cellresdm", "TINY04")).read_text())
+    assert predicted["fields"] == 2 and predicted["n_samples"] == 2
+    assert zarr.open_group(R.predict_omezarr("cellresdm", "TINY04"), mode="r").attrs["ome"]["plate"]["name"] == "TINY04"
+    wells = pd.read_csv(R.predict_wells("cellresdm", "TINY04"))
+    assert list(wells["Metadata_Well"]) == ["B02"] and "ood" in wells.columns
+    assert "Predict plate TINY04 (cellresdm)" in html
 
     # every rule that does work is timed by Snakemake (benchmark:)
     for stage, name in [

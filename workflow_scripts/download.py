@@ -10,4 +10,5 @@ with step_logging(snakemake.log[0]):
         snakemake.params.images_dir,
         snakemake.output.load_data,
         illum_dir=snakemake.params.illum_dir,
+        channels=list(snakemake.params.channels),
     )

@@ -12,4 +12,6 @@ with step_logging(snakemake.log[0]):
         snakemake.params.settings,
         workers=snakemake.threads,
         out_illumination=snakemake.output.illumination,
+        predict=snakemake.params.predict,
+        models=list(snakemake.input.get("models", [])),
     )

@@ -52,6 +52,7 @@ with step_logging(snakemake.log[0]):
         groundtruth_indexes=_by(plates, "groundtruth"),
         fields=_by(plates, "fields"),
         illumination=_by(plates, "illumination"),
+        predict_montages=_by(list(snakemake.params.predict_montages), "predict_montages"),
         train_benchmarks=dict(snakemake.params.train_benchmarks),
         **{name: _named(snakemake.input, name) for name in optional},
     )

@@ -11,4 +11,5 @@ with step_logging(snakemake.log[0]):
         snakemake.params.gallery_root,
         snakemake.params.truth_dir,
         platemap=bool(snakemake.params.platemap),
+        predict=bool(snakemake.params.predict),
     )

@@ -34,6 +34,7 @@ class ReportInputs:
         illumination: plate -> its illumination QC CSV (:func:`cellresdm.illumination.falloff_qc`; HTML only).
         table2: the features stage's Table 2 CSV.
         profiles_summary, profiles_figure: the profiles stage's summary CSV and mAP figure.
+        predict_montages: name ("plate (method)") -> montage PNG of a predict plate (HTML only).
     """
 
     dataset: str | os.PathLike | None = None
@@ -55,6 +56,7 @@ class ReportInputs:
     illumination: Paths = field(default_factory=dict)
     profiles_summary: str | os.PathLike | None = None
     profiles_figure: str | os.PathLike | None = None
+    predict_montages: Paths = field(default_factory=dict)
 
 
 @dataclass

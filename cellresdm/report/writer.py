@@ -199,6 +199,9 @@ def write_report(
     if illumination:
         frames = [read_table(path, f"illumination QC of plate {plate}") for plate, path in illumination.items()]
         sections.append(table_section("illumination", "Illumination correction", pd.concat(frames, ignore_index=True)))
+    montages = _present(inputs.predict_montages, missing, "predict plate montage")
+    for k, (name, path) in enumerate(montages.items()):
+        sections.append(figure_section(f"predict_{k}", f"Predict plate {name}: virtual Cell Painting", Path(path)))
     if optional(inputs.qc_summary, "ground-truth QC summary (demo)"):
         qc = read_table(inputs.qc_summary, "ground-truth QC summary")
         sections.append(table_section("qc", "Ground-truth QC", qc))
