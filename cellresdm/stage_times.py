@@ -32,6 +32,8 @@ STAGE_ORDER: tuple[str, ...] = (
     "evaluate",
     "features",
     "profiles",
+    "export_model",
+    "predict",
     "omezarr",
     "report",
 )
