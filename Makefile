@@ -24,8 +24,10 @@ $(CP_VENV)/.installed: requirements/cellprofiler-py39.lock.txt scripts/setup_cel
 	touch $@
 
 ## demo: run the whole pipeline on the embedded synthetic gallery (config.yaml)
+## (CellResDM's training and sampling, the longest chain of jobs, go first: --prioritize)
 demo: setup
-	$(SNAKEMAKE) --cores $(CORES) --rerun-incomplete
+	$(SNAKEMAKE) --cores $(CORES) --rerun-incomplete \
+		--prioritize $$($(BIN)/python -m cellresdm.results predictions method=cellresdm)
 	$(SNAKEMAKE) --cores $(CORES) --report $$($(BIN)/python -m cellresdm.results snakemake_report)
 
 ## demo-seeds: after `make demo`, retrain CellResDM and the one-pass methods with training seeds SEEDS (default 1 2)

@@ -167,6 +167,7 @@ def _run_models(args: argparse.Namespace, config: dict, results: ResultsLayout) 
             args.out_dir or results.model_dir(args.method),
         )
     elif args.step == "sample":
+        steps.use_threads(config["sample"]["threads"])
         steps.sample_method(
             args.method,
             results.model(args.method),

@@ -552,5 +552,10 @@ def train_threads(wildcards):
     return config["train"]["threads"]
 
 
+def sample_threads(wildcards):
+    """CPU threads of a sampling job (config ``sample.threads``): torch uses exactly these."""
+    return config["sample"]["threads"]
+
+
 def vqgan_train_config(wildcards):
     return {"vqgan": config["vqgan"], "train": config["train"]}

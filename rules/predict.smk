@@ -13,7 +13,7 @@ rule export_model:
         RESULTS.benchmark("export_model", "{method}")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: sample_threads
     resources:
         mem_mb=8000,
         runtime=60,
@@ -50,7 +50,7 @@ rule predict_plate:
         method="|".join(config["predict"]["methods"]),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: sample_threads
     resources:
         mem_mb=16000,
         runtime=240,

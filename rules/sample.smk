@@ -16,7 +16,7 @@ rule sample_shard:
         RESULTS.benchmark("sample", "{method}_{plate}_{shard}")
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: sample_threads
     resources:
         mem_mb=16000,
         runtime=sample_runtime,

@@ -2,8 +2,10 @@
 
 from cellresdm.logs import step_logging
 from cellresdm.predict import export_with_reference
+from cellresdm.steps import use_threads
 
 with step_logging(snakemake.log[0]) as log:
+    use_threads(snakemake.threads)  # it samples training fields for the uncertainty reference
     export_with_reference(
         snakemake.wildcards.method,
         snakemake.input.model,

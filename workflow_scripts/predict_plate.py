@@ -2,8 +2,10 @@
 
 from cellresdm.logs import step_logging
 from cellresdm.predict import PredictOutputs, predict_plate
+from cellresdm.steps import use_threads
 
 with step_logging(snakemake.log[0]) as log:
+    use_threads(snakemake.threads)
     out = snakemake.output
     predict_plate(
         snakemake.wildcards.method,
