@@ -112,6 +112,8 @@ class TrainSettings:
             (read where the dataset is built; None derives it from field and crop size).
         num_workers: DataLoader worker processes.
         amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` (always) or ``"off"``.
+        threads: CPU threads torch uses when training on the CPU (float reductions, so the weights, depend on
+            the count: the trainer sets it, whatever the caller's default).
     """
 
     steps: int
@@ -129,6 +131,7 @@ class TrainSettings:
     crops_per_field: int | None
     num_workers: int
     amp: str
+    threads: int
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> TrainSettings:
@@ -252,6 +255,15 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, ema: bool = Tr
     except RuntimeError as exc:
         raise CellResDMError(f"{path}: {key} weights do not fit the model: {exc}") from exc
     return checkpoint.get("config") or {}
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Decay of the weight EMA at optimizer step ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``.
+
+    The warmup lets the average forget the random initial weights within the first steps; with a constant 0.995
+    they would still weigh 0.995**500 = 8% in the EMA of a 500-step run. ``decay`` is reached after
+    ``(10 decay - 1) / (1 - decay)`` steps (1,790 for 0.995); 0 samples the raw weights throughout."""
+    return min(decay, (1 + step) / (10 + step))
 
 
 @torch.no_grad()
@@ -588,6 +600,8 @@ class Trainer:
         """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         device = self._resolve_device(world_size)
+        if device.type == "cpu":
+            torch.set_num_threads(self.settings.threads)
         owns_group = False
         if world_size > 1 and not dist.is_initialized():
             if device.type == "cuda":
@@ -721,7 +735,8 @@ class Trainer:
                 f"training stopped, the last checkpoint {self.checkpoint_path} is kept"
             )
         state.optimizer.step()
-        _update_ema(state.ema_params, state.params, state.ema_buffers, state.buffers, s.ema_decay)
+        decay = ema_decay_at(state.step, s.ema_decay)
+        _update_ema(state.ema_params, state.params, state.ema_buffers, state.buffers, decay)
         return grad_norm
 
     def log_step(

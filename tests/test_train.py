@@ -23,6 +23,7 @@ from cellresdm.train import (
     EpochBatchSampler,
     Trainer,
     TrainSettings,
+    ema_decay_at,
     load_model_weights,
     lr_at,
     step_generator,
@@ -235,8 +236,9 @@ def test_ema_matches_hand_computation(tmp_path):
     w1 = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
     make_trainer(tmp_path, s).train()
     final = torch.load(tmp_path / "model.pt", weights_only=True)
+    d0, d1 = 1 / 10, 2 / 11  # the warmup's decays at steps 0 and 1 (below ema_decay 0.5)
     for k, w2 in final["model"].items():
-        expected = 0.5 * (0.5 * w0[k] + 0.5 * w1[k]) + 0.5 * w2
+        expected = d1 * (d0 * w0[k] + (1 - d0) * w1[k]) + (1 - d1) * w2
         torch.testing.assert_close(final["ema"][k], expected, rtol=0, atol=1e-6)
         assert not torch.equal(final["ema"][k], w2)
 
@@ -390,3 +392,13 @@ def test_ddp_two_cpu_ranks(tmp_path):
     assert not any(k.startswith("module.") for k in saved["model"])  # the unwrapped module's weights
     assert all(torch.equal(saved["model"][k], w0[k]) for k in w0)
     assert len(csv_losses(out)) == 6
+
+
+def test_ema_decay_warms_up_so_the_average_forgets_the_initial_weights():
+    assert ema_decay_at(0, 0.995) == pytest.approx(0.1)
+    assert ema_decay_at(100, 0.995) == pytest.approx(101 / 110)
+    assert ema_decay_at(1790, 0.995) == pytest.approx(0.995)
+    assert ema_decay_at(10_000, 0.995) == 0.995
+    assert ema_decay_at(5, 0.0) == 0.0
+    # weight of the initial weights in the EMA after 500 steps: 8% with a constant decay, ~0 with the warmup
+    assert math.prod(ema_decay_at(step, 0.995) for step in range(500)) < 1e-15 < 0.995**500
